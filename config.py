@@ -1,5 +1,242 @@
-"""Experiment configuration: one frozen, typed dataclass, loaded from JSON with overrides."""
+"""Experiment configuration: one frozen, typed dataclass of hyper-parameters with help texts.
+Loaded from JSON plus KEY=VALUE overrides; every user mistake raises ConfigError with one sentence."""
+
+import dataclasses
+import difflib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
 
 
 class ConfigError(Exception):
     """A user mistake in the configuration or command line: the message is one sentence."""
+
+
+def _opt(default, help, *, ge=None, gt=None, le=None, choices=None):
+    """A config field: its default, a one-line help text and the checks its value must pass."""
+    checks = {"ge": ge, "gt": gt, "le": le, "choices": choices}
+    metadata = {"help": help, **{name: bound for name, bound in checks.items() if bound is not None}}
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Which environment to build; set from the command line as env_config.KEY=VALUE."""
+
+    env_name: str = _opt("SpaceInvaders-MinAtar", "environment id, e.g. a gymnax name such as Breakout-MinAtar")
+
+    def __post_init__(self):
+        _check_fields(self, "env_config.")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every hyper-parameter of one experiment; constructing one validates it."""
+
+    num_seeds: int = _opt(5, "independent seeds run side by side in one vmapped program", ge=1)
+    eval_frequency: int = _opt(500, "env steps per compiled block, i.e. between two metric logs", ge=1)
+    checkpoint_frequency: int = _opt(10_000, "env steps between checkpoints, used by checkpointing", ge=1)
+    model_alpha: float = _opt(2e-4, "world-model learning rate", gt=0)
+    pi_alpha: float = _opt(4e-5, "actor learning rate", gt=0)
+    V_alpha: float = _opt(1e-4, "critic learning rate", gt=0)
+    target_update_frequency: int = _opt(100, "env steps between target-critic updates", ge=1)
+    eps_adam: float = _opt(1e-5, "AdamW epsilon", gt=0)
+    wd_adam: float = _opt(1e-6, "AdamW weight decay", ge=0)
+    beta: float = _opt(1e-3, "actor entropy coefficient", ge=0)
+    grad_clip: float = _opt(100.0, "global gradient-norm clip", gt=0)
+    num_features: int = _opt(32, "number of latent variables", ge=1)
+    feature_width: int = _opt(32, "classes per categorical latent variable", ge=2)
+    num_hidden_units: int = _opt(200, "units per hidden layer", ge=1)
+    num_hidden_layers: int = _opt(3, "hidden layers per MLP", ge=1)
+    num_conv_filters: int = _opt(16, "filters of the first conv layer, doubled at each further layer", ge=1)
+    conv_depth: int = _opt(3, "conv layers in the encoder and decoder", ge=1)
+    num_steps: int = _opt(5_000_000, "total env steps per seed", ge=1)
+    buffer_size: int = _opt(100_000, "replay capacity in env steps per seed", ge=1)
+    batch_size: int = _opt(50, "sequences per training batch", ge=1)
+    sequence_length: int = _opt(50, "env steps per training sequence", ge=2)
+    lmbda: float = _opt(0.95, "lambda of the lambda-returns", ge=0, le=1)
+    discount: float = _opt(0.99, "discount factor", ge=0, le=1)
+    training_start_time: int = _opt(5000, "env steps of acting before the first training update", ge=0)
+    rollout_length: int = _opt(10, "imagination horizon in model steps", ge=1)
+    train_frequency: int = _opt(10, "env steps between training updates", ge=1)
+    KL_prior_weight: float = _opt(0.08, "weight of the KL term that trains the prior", ge=0)
+    KL_posterior_weight: float = _opt(0.02, "weight of the KL term that trains the posterior", ge=0)
+    posterior_entropy_weight: float = _opt(0.01, "weight of the posterior entropy bonus", ge=0)
+    reward_weight: float = _opt(1.0, "weight of the reward log-likelihood", ge=0)
+    termination_weight: float = _opt(1.0, "weight of the termination log-likelihood", ge=0)
+    state_prediction_weight: float = _opt(1.0, "weight of the observation log-likelihood", ge=0)
+    activation: str = _opt("elu", "hidden-layer activation", choices=("elu", "relu", "silu", "gelu", "tanh"))
+    learn_reward_variance: bool = _opt(False, "learn the reward head's variance instead of fixing it to 1")
+    maximize_nonterminal: bool = _opt(True, "shift replayed sequences that contain an episode end to end on it and start at its episode's start")
+    no_conv: bool = _opt(False, "use MLP encoder and decoder even for image observations")
+    latent_type: str = _opt("categorical", "distribution of the latent variables", choices=("categorical", "gaussian"))
+    environment: str = _opt("gymnax_env", "environment family", choices=("gymnax_env", "open_grid_env"))
+    binary_state: bool = _opt(True, "observations are 0/1: Bernoulli likelihood and compact replay storage")
+    jax_env: bool = _opt(True, "the environment is written in JAX, so the whole loop compiles")
+    env_config: EnvConfig = field(default_factory=EnvConfig, metadata={"help": "environment settings"})
+
+    def __post_init__(self):
+        _check_fields(self, "")
+        if self.buffer_size < self.sequence_length:
+            raise ConfigError(
+                f"buffer_size must be >= sequence_length ({self.sequence_length}), got {self.buffer_size}")
+        if self.training_start_time < self.sequence_length:
+            raise ConfigError(f"training_start_time must be >= sequence_length ({self.sequence_length}), "
+                              f"got {self.training_start_time}")
+        if not self.jax_env:
+            raise ConfigError("jax_env is false, but non-JAX environments are not supported yet, set jax_env to true")
+
+
+def load_config(path: str | None, overrides: Sequence[str] = ()) -> Config:
+    """The Config in JSON file `path` (None: all defaults) with "KEY=VALUE" overrides applied in order.
+
+    Keys missing from the file take their defaults; dotted keys reach nested groups
+    ("env_config.env_name=Breakout-MinAtar"). Raises ConfigError on any mistake.
+    """
+    raw = {} if path is None else _read_json(path)
+    for override in overrides:
+        _apply_override(raw, override)
+    return _from_dict(Config, raw, "")
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The config as plain JSON-serialisable data (env_config as a nested dict); load_config reads it back."""
+    return dataclasses.asdict(config)
+
+
+def config_help() -> str:
+    """One line per key: name, type, default, help text and valid values."""
+    lines = []
+    for name, f in _leaf_fields(Config, ""):
+        valid = _valid_text(f.metadata)
+        lines.append(f"{name} ({f.type.__name__}, default {f.default!r}): {f.metadata['help']}"
+                     + (f"; must be {valid}" if valid else ""))
+    return "\n".join(lines)
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read config file {path!r}: {error}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"config file {path!r} is not valid JSON: {error.msg} "
+                          f"at line {error.lineno}, column {error.colno}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path!r} must hold a JSON object of config keys, got {type(raw).__name__}")
+    return raw
+
+
+def _apply_override(raw: dict, override: str) -> None:
+    """Set one "KEY=VALUE" in the raw dict, decoding VALUE by the key's type; validation happens later."""
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep:
+        raise ConfigError(f"override {override!r} must have the form KEY=VALUE, e.g. num_steps=1000")
+    *groups, leaf = key.split(".")
+    cls, node = Config, raw
+    for group in groups:
+        cls = _field_types(cls).get(group)
+        if not dataclasses.is_dataclass(cls):
+            raise _unknown_key(key)
+        node = node.setdefault(group, {})
+        if not isinstance(node, dict):
+            return  # the file's own value for this group is not an object: validation reports it
+    if leaf not in _field_types(cls):
+        raise _unknown_key(key)
+    node[leaf] = _parse_text(text, _field_types(cls)[leaf])
+
+
+def _parse_text(text: str, typ: type) -> Any:
+    """Decode override text by type; text that does not decode stays a str so validation names the mistake."""
+    if typ is bool:
+        return {"true": True, "1": True, "false": False, "0": False}.get(text.strip().lower(), text)
+    if typ in (int, float):
+        for parse in (int, float):  # "5e6" for an int becomes 5000000.0, accepted as integral
+            try:
+                return parse(text)
+            except ValueError:
+                pass
+    return text
+
+
+def _from_dict(cls: type, raw: dict, prefix: str) -> Any:
+    for key in raw:
+        if key not in _field_types(cls):
+            raise _unknown_key(prefix + key)
+    return cls(**raw)
+
+
+def _check_fields(obj: Any, prefix: str) -> None:
+    """Check every field's type and range, normalising lossless conversions (5000.0 -> 5000, 3 -> 3.0)."""
+    for f in dataclasses.fields(obj):
+        name = prefix + f.name
+        value = _coerce(name, getattr(obj, f.name), f.type)
+        valid = _valid_text(f.metadata)
+        if valid and not _in_range(value, f.metadata):
+            raise ConfigError(f"{name} must be {valid}, got {value!r}")
+        object.__setattr__(obj, f.name, value)  # frozen, but this is still construction
+
+
+_TYPE_NAMES = {bool: "a boolean (true or false)", int: "an integer", float: "a finite number", str: "a string"}
+
+
+def _coerce(name: str, value: Any, typ: type) -> Any:
+    if dataclasses.is_dataclass(typ):
+        if isinstance(value, typ):
+            return value
+        if isinstance(value, dict):
+            return _from_dict(typ, value, name + ".")
+        expected = f"an object with keys {', '.join(_field_types(typ))}"
+    else:
+        if typ is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        elif typ is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, typ) and (typ is bool or not isinstance(value, bool)):
+            if typ is not float or math.isfinite(value):
+                return value
+        expected = _TYPE_NAMES[typ]
+    raise ConfigError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
+
+
+def _in_range(value: Any, meta: dict) -> bool:
+    return (value in meta.get("choices", (value,))
+            and ("ge" not in meta or value >= meta["ge"])
+            and ("gt" not in meta or value > meta["gt"])
+            and ("le" not in meta or value <= meta["le"]))
+
+
+def _valid_text(meta: dict) -> str:
+    """What a field accepts beyond its type, e.g. ">= 1", "in [0, 1]", "one of elu, relu"; "" if anything."""
+    if "choices" in meta:
+        return "one of " + ", ".join(meta["choices"])
+    if "ge" in meta and "le" in meta:
+        return f"in [{meta['ge']}, {meta['le']}]"
+    return next((f"{op} {meta[key]}" for key, op in (("gt", ">"), ("ge", ">="), ("le", "<=")) if key in meta), "")
+
+
+def _field_types(cls: type) -> dict[str, type]:
+    return {f.name: f.type for f in dataclasses.fields(cls)}
+
+
+def _leaf_fields(cls: type, prefix: str) -> Iterator[tuple[str, dataclasses.Field]]:
+    """(dotted name, field) for every settable key, nested groups flattened."""
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.type):
+            yield from _leaf_fields(f.type, f"{prefix}{f.name}.")
+        else:
+            yield prefix + f.name, f
+
+
+def _unknown_key(name: str) -> ConfigError:
+    keys = [key for key, _ in _leaf_fields(Config, "")]
+    close = [key for key in keys if key.endswith("." + name)] or difflib.get_close_matches(name, keys, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"valid keys are {', '.join(keys)}"
+    return ConfigError(f"unknown config key {name!r}; {hint}")

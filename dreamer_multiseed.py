@@ -1,0 +1,15 @@
+"""Runs `num_seeds` seeds of one DreamerV2 experiment in a single jitted, vmapped program.
+
+Usage: python3 dreamer_multiseed.py -c config.json [-s SEED] [-o OUTPUT] [--set KEY=VALUE ...]"""
+
+import sys
+
+import experiment
+
+
+def main(argv=None) -> int:
+    return experiment.main(argv, description=__doc__.splitlines()[0], single_seed=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,15 @@
+"""Runs one seed of a DreamerV2 experiment: the multi-seed path with num_seeds forced to 1.
+
+Usage: python3 dreamer_single_seed.py -c config.json [-s SEED] [-o OUTPUT] [--set KEY=VALUE ...]"""
+
+import sys
+
+import experiment
+
+
+def main(argv=None) -> int:
+    return experiment.main(argv, description=__doc__.splitlines()[0], single_seed=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

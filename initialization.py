@@ -1,0 +1,143 @@
+"""Builds the agent for one environment and config: its pure per-seed functions (act, carry update,
+training update) and the initial run state, the single pytree that holds the whole experiment of one seed."""
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from config import Config
+from environments import EnvSpec
+from losses_and_evaluation import actor_critic_losses, imagine, observe_step, world_model_loss
+from networks import latent_size, make_actor_critic, make_world_model
+from replay_buffer import ReplayBuffer, init_buffer, sample_sequences
+
+
+class Params(NamedTuple):
+    world_model: Any
+    actor: Any
+    critic: Any
+    target_critic: Any
+
+
+class OptStates(NamedTuple):
+    world_model: Any
+    actor: Any
+    critic: Any
+
+
+class RunState(NamedTuple):
+    """Everything one seed's experiment needs to continue; every leaf is an array.
+
+    With N seeds every leaf gets a leading axis of size N (N = 1 for a single seed)."""
+
+    params: Params
+    opt_states: OptStates
+    env_state: Any
+    obs: jax.Array  # [*obs] the observation the agent acts on next
+    rssm_h: jax.Array  # [H] deterministic RSSM state before seeing `obs`
+    replay: ReplayBuffer
+    key: jax.Array
+    env_steps: jax.Array  # int32 [], the same for every seed
+    updates: jax.Array  # int32 [], the same for every seed
+    episode_return: jax.Array  # float32 [] undiscounted return of the running episode
+    episodes: jax.Array  # int32 [] completed episodes
+
+
+class Agent(NamedTuple):
+    """Pure per-seed functions; the loop vmaps them over seeds."""
+
+    init_state: Callable  # key -> RunState
+    act: Callable  # (params, h [H], obs [*obs], key) -> (action [], z [Z])
+    next_h: Callable  # (params, h, z, action, episode_end) -> next h [H], zero after an episode end
+    train_update: Callable  # RunState -> (RunState, metrics dict of scalars)
+    update_target: Callable  # RunState -> RunState with the target critic refreshed
+
+
+def make_optimizer(config: Config, learning_rate: float) -> optax.GradientTransformation:
+    """The one optimizer recipe: global-norm clipping, then AdamW with decoupled weight decay."""
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip),
+        optax.adamw(learning_rate, eps=config.eps_adam, weight_decay=config.wd_adam),
+    )
+
+
+def replay_obs_dtype(config: Config, spec: EnvSpec):
+    """Binary observations are stored as uint8 (not float32): 4x less replay memory."""
+    if config.binary_state and np.issubdtype(spec.obs_dtype, np.floating):
+        return np.uint8
+    return spec.obs_dtype
+
+
+def make_agent(config: Config, env) -> Agent:
+    c, spec = config, env.spec
+    wm = make_world_model(c, spec.obs_shape, spec.num_actions)
+    actor, critic = make_actor_critic(c, spec.num_actions)
+    optimizers = OptStates(make_optimizer(c, c.model_alpha), make_optimizer(c, c.pi_alpha), make_optimizer(c, c.V_alpha))
+    hidden, z_size = c.num_hidden_units, latent_size(c)
+
+    def init_state(key) -> RunState:
+        wm_key, actor_key, critic_key, env_key, run_key = jax.random.split(key, 5)
+        obs = jnp.zeros(spec.obs_shape, jnp.float32)
+        h, z = jnp.zeros(hidden), jnp.zeros(z_size)
+        feat = jnp.zeros(hidden + z_size)
+        critic_params = critic.init(critic_key, feat)
+        params = Params(wm.init(wm_key, obs, h, z, jnp.int32(0)), actor.init(actor_key, feat), critic_params,
+                        critic_params)
+        opt_states = OptStates(*(opt.init(p) for opt, p in zip(optimizers, params[:3])))
+        env_state, first_obs = env.reset(env_key)
+        return RunState(
+            params=params, opt_states=opt_states, env_state=env_state, obs=first_obs, rssm_h=h,
+            replay=init_buffer(c.buffer_size, spec.obs_shape, replay_obs_dtype(c, spec)), key=run_key,
+            env_steps=jnp.int32(0), updates=jnp.int32(0), episode_return=jnp.float32(0.0), episodes=jnp.int32(0))
+
+    def act(params: Params, h, obs, key):
+        post_key, action_key = jax.random.split(key)
+        embed = wm.embed(params.world_model, obs.astype(jnp.float32))
+        z, _ = observe_step(c, wm, params.world_model, h, embed, post_key)
+        logits = actor.apply(params.actor, jnp.concatenate([h, z], -1))
+        return jax.random.categorical(action_key, logits).astype(jnp.int32), z
+
+    def next_h(params: Params, h, z, action, episode_end):
+        return jnp.where(episode_end, 0.0, wm.transition(params.world_model, h, z, action))
+
+    def apply_update(optimizer, grads, opt_state, params):
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    def train_update(state: RunState):
+        key, sample_key, wm_key, imagine_key = jax.random.split(state.key, 4)
+        params, opt = state.params, state.opt_states
+        batch = sample_sequences(state.replay, sample_key, c.batch_size, c.sequence_length, c.maximize_nonterminal)
+
+        wm_grad_fn = jax.value_and_grad(lambda p: world_model_loss(c, wm, p, batch, wm_key), has_aux=True)
+        (_, (metrics, posterior)), wm_grads = wm_grad_fn(params.world_model)
+        start_h = jax.lax.stop_gradient(posterior.h.reshape(-1, hidden))  # [B*T, H]
+        start_z = jax.lax.stop_gradient(posterior.z.reshape(-1, z_size))  # [B*T, Z]
+        rollout = imagine(c, wm, params.world_model, actor.apply, params.actor, start_h, start_z, imagine_key)
+
+        def actor_critic_loss(actor_params, critic_params):
+            actor_loss, critic_loss, ac_metrics = actor_critic_losses(
+                c, actor.apply, critic.apply, actor_params, critic_params, params.target_critic, rollout)
+            return actor_loss + critic_loss, ac_metrics  # disjoint params: each gets its own loss's gradient
+
+        (_, ac_metrics), (actor_grads, critic_grads) = jax.value_and_grad(
+            actor_critic_loss, argnums=(0, 1), has_aux=True)(params.actor, params.critic)
+
+        wm_params, wm_opt = apply_update(optimizers.world_model, wm_grads, opt.world_model, params.world_model)
+        actor_params, actor_opt = apply_update(optimizers.actor, actor_grads, opt.actor, params.actor)
+        critic_params, critic_opt = apply_update(optimizers.critic, critic_grads, opt.critic, params.critic)
+        metrics = {**metrics, **ac_metrics, "model_grad_norm": optax.tree.norm(wm_grads),
+                   "actor_grad_norm": optax.tree.norm(actor_grads),
+                   "critic_grad_norm": optax.tree.norm(critic_grads)}
+        state = state._replace(
+            params=params._replace(world_model=wm_params, actor=actor_params, critic=critic_params),
+            opt_states=OptStates(wm_opt, actor_opt, critic_opt), key=key, updates=state.updates + 1)
+        return state, metrics
+
+    def update_target(state: RunState) -> RunState:
+        return state._replace(params=state.params._replace(target_critic=state.params.critic))
+
+    return Agent(init_state, act, next_h, train_update, update_target)

@@ -1,0 +1,173 @@
+"""Losses of DreamerV2: the world-model loss over replayed sequences (observation, reward and termination
+likelihoods, KL balancing, posterior entropy bonus) and the actor-critic losses on imagined rollouts."""
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from config import Config
+from networks import (WorldModel, latent_entropy, latent_kl, latent_kl_to_standard_normal, sample_latent)
+
+
+class PosteriorStates(NamedTuple):
+    h: jax.Array  # [B, T, H] deterministic state the posterior was computed from
+    z: jax.Array  # [B, T, Z] posterior latent sample
+
+
+def observe_step(config: Config, wm: WorldModel, wm_params, h, embed, key):
+    """One RSSM posterior step, shared by acting and sequence observation: (h, embed) -> (z, posterior params)."""
+    posterior = wm.posterior(wm_params, h, embed)
+    return sample_latent(config, key, posterior), posterior
+
+
+def imagine_step(config: Config, wm: WorldModel, wm_params, h, z, action, key):
+    """One RSSM prior step, shared by sequence observation and imagination: -> (next h, next prior z, prior params)."""
+    next_h = wm.transition(wm_params, h, z, action)
+    prior = wm.prior(wm_params, next_h)
+    return next_h, sample_latent(config, key, prior), prior
+
+
+def bernoulli_log_prob(logits, target):
+    return target * jax.nn.log_sigmoid(logits) + (1.0 - target) * jax.nn.log_sigmoid(-logits)
+
+
+def gaussian_log_prob(mean, log_std, target):
+    return -0.5 * ((target - mean) / jnp.exp(log_std)) ** 2 - log_std - 0.5 * jnp.log(2 * jnp.pi)
+
+
+def kl_balance_loss(config: Config, posterior, prior):
+    """KL balancing: the prior is pulled toward the posterior with KL_prior_weight, the posterior toward the
+    prior with KL_posterior_weight. Returns (loss [...], KL(post || prior) [...])."""
+    sg = jax.lax.stop_gradient
+    kl_prior_side = latent_kl(config, sg(posterior), prior)
+    kl_posterior_side = latent_kl(config, posterior, sg(prior))
+    loss = config.KL_prior_weight * kl_prior_side + config.KL_posterior_weight * kl_posterior_side
+    return loss, kl_prior_side
+
+
+def world_model_loss(config: Config, wm: WorldModel, wm_params, batch, key):
+    """World-model loss on a batch of sequences (obs [B, T, ...], action/reward/terminated/truncated [B, T]).
+
+    Entry t holds (o_t, a_t, r_t, d_t): r_t and d_t follow a_t, so the reward and termination heads read the
+    next deterministic state h_{t+1} = transition(h_t, z_t, a_t). The carry restarts at zero after an episode
+    end. Returns (loss, (metrics, posterior states))."""
+    c = config
+    obs = batch.obs.astype(jnp.float32)  # [B, T, *obs]
+    embed = wm.embed(wm_params, obs)  # [B, T, E]
+    batch_size, seq_len = batch.action.shape
+    h0 = jnp.zeros((batch_size, c.num_hidden_units), jnp.float32)
+    episode_end = batch.terminated | batch.truncated
+
+    def step(h, inputs):
+        embed_t, action_t, end_t, key_t = inputs
+        prior = wm.prior(wm_params, h)
+        z, posterior = observe_step(c, wm, wm_params, h, embed_t, key_t)
+        next_h = wm.transition(wm_params, h, z, action_t)
+        carry = jnp.where(end_t[:, None], 0.0, next_h)
+        return carry, (h, z, next_h, prior, posterior)
+
+    time_major = lambda x: jnp.swapaxes(x, 0, 1)
+    keys = jax.random.split(key, seq_len)
+    _, outs = jax.lax.scan(step, h0, (time_major(embed), time_major(batch.action), time_major(episode_end), keys))
+    h, z, next_h, prior, posterior = jax.tree.map(time_major, outs)  # each [B, T, ...]
+
+    obs_pred = wm.decode(wm_params, jnp.concatenate([h, z], -1))  # [B, T, *obs]
+    obs_axes = tuple(range(2, obs.ndim))
+    if c.binary_state:
+        obs_log_prob = jnp.sum(bernoulli_log_prob(obs_pred, obs), axis=obs_axes)
+    else:
+        obs_log_prob = jnp.sum(gaussian_log_prob(obs_pred, 0.0, obs), axis=obs_axes)
+
+    reward_out = wm.reward(wm_params, next_h)  # [B, T, 2]
+    reward_log_std = reward_out[..., 1] if c.learn_reward_variance else 0.0
+    reward_log_prob = gaussian_log_prob(reward_out[..., 0], reward_log_std, batch.reward)
+    termination_logit = wm.termination(wm_params, next_h)
+    termination_log_prob = bernoulli_log_prob(termination_logit, batch.terminated.astype(jnp.float32))
+
+    kl_loss, kl = kl_balance_loss(c, posterior, prior)
+    entropy = latent_entropy(c, posterior)
+    if c.latent_type == "categorical":
+        entropy_term = -c.posterior_entropy_weight * entropy
+    else:
+        entropy_term = c.posterior_entropy_weight * latent_kl_to_standard_normal(c, posterior)
+
+    terms = {
+        "observation_loss": -c.state_prediction_weight * obs_log_prob,
+        "reward_loss": -c.reward_weight * reward_log_prob,
+        "termination_loss": -c.termination_weight * termination_log_prob,
+        "kl_loss": kl_loss,
+        "posterior_entropy_loss": entropy_term,
+    }
+    terms = {name: jnp.mean(value) for name, value in terms.items()}
+    loss = sum(terms.values())
+    metrics = {"model_loss": loss, **terms, "kl": jnp.mean(kl), "posterior_entropy": jnp.mean(entropy),
+               "prior_entropy": jnp.mean(latent_entropy(c, prior))}
+    return loss, (metrics, PosteriorStates(h, z))
+
+
+def lambda_returns(rewards, continues, values, discount: float, lmbda: float):
+    """λ-returns over an imagined horizon K (time-major).
+
+    rewards, continues: [K, ...] for transitions k -> k+1; values: [K+1, ...] (bootstrap values[K]).
+    R_k = r_k + discount * c_k * ((1 - λ) v_{k+1} + λ R_{k+1}),  R_K = v_K. Returns [K, ...]."""
+
+    def backward(next_return, inputs):
+        reward, cont, next_value = inputs
+        ret = reward + discount * cont * ((1.0 - lmbda) * next_value + lmbda * next_return)
+        return ret, ret
+
+    _, returns = jax.lax.scan(backward, values[-1], (rewards, continues, values[1:]), reverse=True)
+    return returns
+
+
+class ImaginedRollout(NamedTuple):
+    feat: jax.Array  # [K+1, N, H+Z] model features along the rollout (index 0 = start state)
+    action: jax.Array  # [K, N]
+    reward: jax.Array  # [K, N] predicted reward of each transition
+    cont: jax.Array  # [K, N] predicted probability that the episode continues after each transition
+
+
+def imagine(config: Config, wm: WorldModel, wm_params, actor_apply: Callable, actor_params, start_h, start_z, key):
+    """Roll the prior forward `rollout_length` steps from start states [N, H], [N, Z] with the actor."""
+
+    def step(carry, key_t):
+        h, z = carry
+        action_key, prior_key = jax.random.split(key_t)
+        feat = jnp.concatenate([h, z], -1)
+        action = jax.random.categorical(action_key, actor_apply(actor_params, feat))
+        next_h, next_z, _ = imagine_step(config, wm, wm_params, h, z, action, prior_key)
+        reward = wm.reward(wm_params, next_h)[..., 0]
+        cont = jax.nn.sigmoid(-wm.termination(wm_params, next_h))
+        return (next_h, next_z), (feat, action, reward, cont)
+
+    keys = jax.random.split(key, config.rollout_length)
+    (last_h, last_z), (feat, action, reward, cont) = jax.lax.scan(step, (start_h, start_z), keys)
+    feat = jnp.concatenate([feat, jnp.concatenate([last_h, last_z], -1)[None]], 0)
+    return ImaginedRollout(feat, action, reward, cont)
+
+
+def actor_critic_losses(config: Config, actor_apply, critic_apply, actor_params, critic_params,
+                        target_critic_params, rollout: ImaginedRollout):
+    """Actor (REINFORCE with the critic as baseline, plus entropy bonus) and critic (regression to λ-returns
+    computed with the target critic) losses on one imagined rollout. Returns (actor_loss, critic_loss, metrics)."""
+    c = config
+    sg = jax.lax.stop_gradient
+    feat = sg(rollout.feat)  # [K+1, N, D]
+    target_values = critic_apply(target_critic_params, feat)  # [K+1, N]
+    returns = sg(lambda_returns(rollout.reward, rollout.cont, target_values, c.discount, c.lmbda))  # [K, N]
+    # Weight of step k: probability the imagined episode is still running when it is reached.
+    weights = sg(jnp.cumprod(jnp.concatenate([jnp.ones_like(rollout.cont[:1]), rollout.cont[:-1]], 0), 0))
+
+    values = critic_apply(critic_params, feat[:-1])  # [K, N]
+    critic_loss = jnp.mean(weights * 0.5 * (values - returns) ** 2)
+
+    log_probs = jax.nn.log_softmax(actor_apply(actor_params, feat[:-1]))  # [K, N, A]
+    action_log_prob = jnp.take_along_axis(log_probs, rollout.action[..., None], -1)[..., 0]
+    entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, -1)
+    advantage = returns - sg(values)
+    actor_loss = -jnp.mean(weights * (action_log_prob * advantage + c.beta * entropy))
+
+    metrics = {"actor_loss": actor_loss, "critic_loss": critic_loss, "actor_entropy": jnp.mean(entropy),
+               "imagined_return": jnp.mean(returns[0]), "imagined_value": jnp.mean(values)}
+    return actor_loss, critic_loss, metrics

@@ -1,0 +1,225 @@
+"""Haiku networks of the DreamerV2 agent: encoder/decoder, RSSM pieces, reward and termination heads,
+actor and critic, plus the latent distributions (categorical with straight-through, or diagonal Gaussian)."""
+
+from typing import Callable, NamedTuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from config import Config
+
+ACTIVATIONS: dict[str, Callable] = {
+    "elu": jax.nn.elu,
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "gelu": jax.nn.gelu,
+    "tanh": jnp.tanh,
+}
+
+
+class MLP(hk.Module):
+    """`num_layers` hidden layers of `width` units, then an optional linear output layer."""
+
+    def __init__(self, width: int, num_layers: int, activation: str, output_size: int | None = None, name=None):
+        super().__init__(name=name)
+        self.width, self.num_layers, self.output_size = width, num_layers, output_size
+        self.activation = ACTIVATIONS[activation]
+
+    def __call__(self, x):
+        for _ in range(self.num_layers):
+            x = self.activation(hk.Linear(self.width)(x))
+        if self.output_size is not None:
+            x = hk.Linear(self.output_size)(x)
+        return x
+
+
+def _as_image(obs_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """HWC shape the conv layers see: a 2-D observation gets one channel."""
+    return tuple(obs_shape) if len(obs_shape) == 3 else (*obs_shape, 1)
+
+
+def uses_conv(config: Config, obs_shape: tuple[int, ...]) -> bool:
+    return not config.no_conv and len(obs_shape) in (2, 3)
+
+
+class Encoder(hk.Module):
+    """Observation [..., *obs_shape] (float) -> embedding [..., E]."""
+
+    def __init__(self, config: Config, obs_shape: tuple[int, ...], name=None):
+        super().__init__(name=name)
+        self.config, self.obs_shape = config, tuple(obs_shape)
+
+    def __call__(self, obs):
+        c = self.config
+        lead = obs.shape[: obs.ndim - len(self.obs_shape)]
+        if not uses_conv(c, self.obs_shape):
+            x = obs.reshape(*lead, -1)
+            return MLP(c.num_hidden_units, c.num_hidden_layers, c.activation)(x)
+        act = ACTIVATIONS[c.activation]
+        x = obs.reshape(-1, *_as_image(self.obs_shape))  # [N, H, W, C]
+        for i in range(c.conv_depth):
+            x = act(hk.Conv2D(c.num_conv_filters * 2**i, kernel_shape=3, padding="SAME")(x))
+        return x.reshape(*lead, -1)
+
+
+class Decoder(hk.Module):
+    """Model feature [..., D] -> observation logits (binary) or means [..., *obs_shape]."""
+
+    def __init__(self, config: Config, obs_shape: tuple[int, ...], name=None):
+        super().__init__(name=name)
+        self.config, self.obs_shape = config, tuple(obs_shape)
+
+    def __call__(self, feat):
+        c = self.config
+        lead = feat.shape[:-1]
+        if not uses_conv(c, self.obs_shape):
+            x = MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, int(np.prod(self.obs_shape)))(feat)
+            return x.reshape(*lead, *self.obs_shape)
+        act = ACTIVATIONS[c.activation]
+        height, width, channels = _as_image(self.obs_shape)
+        top = c.num_conv_filters * 2 ** (c.conv_depth - 1)
+        x = act(hk.Linear(height * width * top)(feat.reshape(-1, feat.shape[-1])))
+        x = x.reshape(-1, height, width, top)  # [N, H, W, top]
+        for i in reversed(range(c.conv_depth - 1)):
+            x = act(hk.Conv2D(c.num_conv_filters * 2**i, kernel_shape=3, padding="SAME")(x))
+        x = hk.Conv2D(channels, kernel_shape=3, padding="SAME")(x)
+        return x.reshape(*lead, *self.obs_shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Latent distributions. Categorical parameters are logits [..., F, W]; samples are one-hot,
+# flattened to [..., F*W]. Gaussian parameters are [..., 2F] (mean, raw std); samples [..., F].
+
+
+def latent_param_size(config: Config) -> int:
+    if config.latent_type == "categorical":
+        return config.num_features * config.feature_width
+    return 2 * config.num_features
+
+
+def latent_size(config: Config) -> int:
+    if config.latent_type == "categorical":
+        return config.num_features * config.feature_width
+    return config.num_features
+
+
+def _categorical_logits(config: Config, params):
+    logits = params.reshape(*params.shape[:-1], config.num_features, config.feature_width)
+    return jax.nn.log_softmax(logits, axis=-1)
+
+
+def _gaussian(params):
+    mean, raw_std = jnp.split(params, 2, axis=-1)
+    return mean, jax.nn.softplus(raw_std) + 0.1
+
+
+def sample_latent(config: Config, key, params):
+    """A latent sample with gradients to `params`: straight-through for categoricals, reparameterised for Gaussians."""
+    if config.latent_type == "categorical":
+        logits = _categorical_logits(config, params)  # [..., F, W]
+        index = jax.random.categorical(key, logits)
+        one_hot = jax.nn.one_hot(index, config.feature_width, dtype=logits.dtype)
+        probs = jnp.exp(logits)
+        sample = one_hot + probs - jax.lax.stop_gradient(probs)
+        return sample.reshape(*sample.shape[:-2], -1)
+    mean, std = _gaussian(params)
+    return mean + std * jax.random.normal(key, mean.shape, mean.dtype)
+
+
+def latent_kl(config: Config, params_p, params_q):
+    """KL(p || q) summed over latent variables: [...]."""
+    if config.latent_type == "categorical":
+        log_p, log_q = _categorical_logits(config, params_p), _categorical_logits(config, params_q)
+        return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=(-2, -1))
+    mean_p, std_p = _gaussian(params_p)
+    mean_q, std_q = _gaussian(params_q)
+    kl = jnp.log(std_q / std_p) + (std_p**2 + (mean_p - mean_q) ** 2) / (2 * std_q**2) - 0.5
+    return jnp.sum(kl, axis=-1)
+
+
+def latent_entropy(config: Config, params):
+    """Entropy summed over latent variables: [...]."""
+    if config.latent_type == "categorical":
+        log_p = _categorical_logits(config, params)
+        return -jnp.sum(jnp.exp(log_p) * log_p, axis=(-2, -1))
+    _, std = _gaussian(params)
+    return jnp.sum(0.5 * jnp.log(2 * jnp.pi * jnp.e * std**2), axis=-1)
+
+
+def latent_kl_to_standard_normal(config: Config, params):
+    """KL(posterior || N(0, I)) for Gaussian latents: [...]."""
+    mean, std = _gaussian(params)
+    return jnp.sum(0.5 * (std**2 + mean**2 - 1.0) - jnp.log(std), axis=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class WorldModel(NamedTuple):
+    """Pure functions of the world-model parameters (haiku `multi_transform`, no apply rng).
+
+    embed(params, obs [..., *obs]) -> [..., E]
+    prior(params, h [..., H]) -> latent params [..., P]
+    posterior(params, h [..., H], embed [..., E]) -> latent params [..., P]
+    transition(params, h [..., H], z [..., Z], action [...] int) -> next h [..., H]
+    decode(params, feat [..., H+Z]) -> observation logits/means [..., *obs]
+    reward(params, h [..., H]) -> [..., 2] (mean, log std; log std ignored unless learned)
+    termination(params, h [..., H]) -> termination logit [...]
+    """
+
+    init: Callable
+    embed: Callable
+    prior: Callable
+    posterior: Callable
+    transition: Callable
+    decode: Callable
+    reward: Callable
+    termination: Callable
+
+
+def make_world_model(config: Config, obs_shape: tuple[int, ...], num_actions: int) -> WorldModel:
+    c = config
+
+    def build():
+        encoder = Encoder(c, obs_shape, name="encoder")
+        decoder = Decoder(c, obs_shape, name="decoder")
+        gru = hk.GRU(c.num_hidden_units, name="gru")
+        transition_input = MLP(c.num_hidden_units, 1, c.activation, name="transition_input")
+        prior_net = MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, latent_param_size(c), name="prior")
+        posterior_net = MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, latent_param_size(c), name="posterior")
+        reward_net = MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, 2, name="reward")
+        termination_net = MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, 1, name="termination")
+
+        def transition(h, z, action):
+            x = transition_input(jnp.concatenate([z, jax.nn.one_hot(action, num_actions, dtype=z.dtype)], -1))
+            _, next_h = gru(x, h)
+            return next_h
+
+        def posterior(h, embed):
+            return posterior_net(jnp.concatenate([h, embed], -1))
+
+        def termination(h):
+            return termination_net(h)[..., 0]
+
+        def init(obs, h, z, action):
+            posterior(h, encoder(obs))
+            decoder(jnp.concatenate([h, z], -1))
+            next_h = transition(h, z, action)
+            return prior_net(next_h), reward_net(next_h), termination(next_h)
+
+        return init, (encoder, prior_net, posterior, transition, decoder, reward_net, termination)
+
+    model = hk.without_apply_rng(hk.multi_transform(build))
+    return WorldModel(model.init, *model.apply)
+
+
+def make_actor_critic(config: Config, num_actions: int):
+    """(actor, critic) haiku transforms: feature [..., H+Z] -> action logits [..., A] / value [...]."""
+    c = config
+    actor = hk.without_apply_rng(hk.transform(
+        lambda feat: MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, num_actions, name="actor")(feat)))
+    critic = hk.without_apply_rng(hk.transform(
+        lambda feat: MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, 1, name="critic")(feat)[..., 0]))
+    return actor, critic

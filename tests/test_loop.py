@@ -1,0 +1,98 @@
+"""Component tests of the jitted, vmapped loop on the debug config: training starts when it should and not
+before, the training `cond` is a real branch, and seed i of a multi-seed run is the single-seed run SEED+i."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agent_environment_interaction_loop import make_block_function
+from config import load_config
+from environments import make_environment
+from experiment import initial_state, run
+from initialization import make_agent
+
+
+@pytest.fixture(scope="module")
+def debug_config():
+    return load_config("configs/debug.json")
+
+
+def _leaves_equal(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_debug_run_trains_only_after_training_start(debug_config):
+    config = dataclasses.replace(debug_config, num_seeds=2)
+    env = make_environment(config.environment, config.env_config.env_name)
+    agent = make_agent(config, env)
+    state = initial_state(config, agent, seed=0)
+    initial_params = jax.device_get(state.params)
+    block = jax.jit(make_block_function(config, agent, env, config.training_start_time))
+    state, metrics = block(state)
+    # Acting only: nothing trained, params bit-identical, the replay filled.
+    assert int(state.updates[0]) == 0 and not np.asarray(metrics.trained).any()
+    assert _leaves_equal(state.params, initial_params)
+    assert np.all(np.asarray(state.replay.count) == config.training_start_time)
+
+    state, metrics = block(state)
+    expected_updates = config.training_start_time // config.train_frequency
+    np.testing.assert_array_equal(state.updates, expected_updates)
+    assert np.asarray(metrics.trained).sum() == expected_updates
+    trained = np.asarray(metrics.trained)
+    for name, values in metrics.train.items():
+        assert np.all(np.isfinite(np.asarray(values)[trained])), name
+    for part in ("world_model", "actor", "critic"):
+        before, after = getattr(initial_params, part), getattr(state.params, part)
+        assert not _leaves_equal(before, after), f"{part} params did not change after training started"
+
+
+def test_training_cond_is_not_batched(debug_config):
+    # Under vmap a batched predicate would turn `cond` into a `select` that computes the update every step.
+    config = dataclasses.replace(debug_config, num_seeds=3)
+    env = make_environment(config.environment, config.env_config.env_name)
+    agent = make_agent(config, env)
+    state = initial_state(config, agent, seed=0)
+    jaxpr = jax.make_jaxpr(make_block_function(config, agent, env, 4))(state)
+    scan = next(e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan")
+    conds = [e for e in scan.params["jaxpr"].jaxpr.eqns if e.primitive.name == "cond"]
+    assert len(conds) == 2  # training and target refresh
+    for eqn in conds:
+        assert eqn.invars[0].aval.shape == ()  # an unbatched predicate: a real branch
+    train_branch_sizes = sorted(len(b.jaxpr.eqns) for b in conds[0].params["branches"])
+    assert train_branch_sizes[-1] > 10 * train_branch_sizes[0]  # one branch skips all the training work
+
+
+def test_seed_i_of_multiseed_run_equals_single_seed_run(debug_config):
+    acting = dataclasses.replace(debug_config, num_steps=debug_config.training_start_time)
+    multi = run(dataclasses.replace(acting, num_seeds=2), _env(acting), seed=5, output=None, progress=False)
+    single = run(dataclasses.replace(acting, num_seeds=1), _env(acting), seed=6, output=None, progress=False)
+    assert len(single["returns"][0]) > 5
+    assert multi["returns"][1] == single["returns"][0]
+    assert multi["returns"][0] != multi["returns"][1]
+    for multi_leaf, single_leaf in zip(jax.tree.leaves(multi["state"]), jax.tree.leaves(single["state"])):
+        np.testing.assert_array_equal(multi_leaf[1], single_leaf[0])
+
+
+def test_initial_params_of_seed_i_match_single_seed(debug_config):
+    env = _env(debug_config)
+    agent = make_agent(debug_config, env)
+    multi = initial_state(dataclasses.replace(debug_config, num_seeds=3), agent, seed=0)
+    single = initial_state(dataclasses.replace(debug_config, num_seeds=1), agent, seed=2)
+    for multi_leaf, single_leaf in zip(jax.tree.leaves(multi.params), jax.tree.leaves(single.params)):
+        np.testing.assert_array_equal(multi_leaf[2], single_leaf[0])
+    weights = next(leaf for leaf in jax.tree.leaves(multi.params) if leaf.ndim == 3)  # [seeds, in, out]
+    assert not np.array_equal(weights[0], weights[1])  # different seeds, different initial params
+
+
+def test_same_seed_gives_same_numbers(debug_config):
+    first = run(debug_config, _env(debug_config), seed=3, output=None, progress=False)
+    second = run(debug_config, _env(debug_config), seed=3, output=None, progress=False)
+    assert first["returns"] == second["returns"]
+    assert _leaves_equal(first["state"], second["state"])
+
+
+def _env(config):
+    return make_environment(config.environment, config.env_config.env_name)

@@ -1,0 +1,103 @@
+"""Unit tests of the loss pieces: λ-returns, KL balancing, latent distributions, RSSM shapes."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from config import Config
+from losses_and_evaluation import kl_balance_loss, lambda_returns, world_model_loss
+from networks import latent_entropy, latent_kl, latent_size, make_world_model, sample_latent
+from replay_buffer import SequenceBatch
+
+
+def test_lambda_returns_hand_computed_with_termination_in_the_middle():
+    # Horizon 3; the episode terminates after transition 1 (continue = 0 there).
+    rewards = jnp.array([1.0, 2.0, 3.0])
+    continues = jnp.array([1.0, 0.0, 1.0])
+    values = jnp.array([10.0, 20.0, 30.0, 40.0])
+    discount, lmbda = 0.9, 0.5
+    r2 = 3.0 + 0.9 * 1.0 * 40.0  # R_3 = v_3 = 40
+    r1 = 2.0  # terminal: nothing after it counts
+    r0 = 1.0 + 0.9 * 1.0 * (0.5 * 20.0 + 0.5 * r1)
+    np.testing.assert_allclose(lambda_returns(rewards, continues, values, discount, lmbda), [r0, r1, r2], rtol=1e-6)
+
+
+def test_lambda_returns_limits():
+    rewards, continues = jnp.ones(4), jnp.ones(4)
+    values = jnp.arange(5.0)
+    # λ = 0: one-step TD targets; λ = 1: discounted Monte Carlo plus bootstrap at the horizon.
+    np.testing.assert_allclose(lambda_returns(rewards, continues, values, 0.5, 0.0), 1.0 + 0.5 * values[1:])
+    mc = [sum(0.5**j for j in range(4 - k)) + 0.5 ** (4 - k) * 4.0 for k in range(4)]
+    np.testing.assert_allclose(lambda_returns(rewards, continues, values, 0.5, 1.0), mc, rtol=1e-6)
+
+
+def test_kl_balance_loss_on_known_logits():
+    config = Config(num_features=1, feature_width=2, KL_prior_weight=0.8, KL_posterior_weight=0.2)
+    posterior = jnp.log(jnp.array([[0.5, 0.5]]))
+    prior = jnp.log(jnp.array([[0.9, 0.1]]))
+    kl = 0.5 * np.log(0.5 / 0.9) + 0.5 * np.log(0.5 / 0.1)
+    loss, kl_value = kl_balance_loss(config, posterior, prior)
+    np.testing.assert_allclose(kl_value, [kl], rtol=1e-5)
+    np.testing.assert_allclose(loss, [(0.8 + 0.2) * kl], rtol=1e-5)
+    # The balance shows in the gradients: the prior side gets 0.8 of the KL gradient, the posterior 0.2.
+    grad_prior = jax.grad(lambda p: kl_balance_loss(config, posterior, p)[0].sum())(prior)
+    grad_full = jax.grad(lambda p: latent_kl(config, posterior, p).sum())(prior)
+    np.testing.assert_allclose(grad_prior, 0.8 * grad_full, rtol=1e-5)
+    grad_post = jax.grad(lambda q: kl_balance_loss(config, q, prior)[0].sum())(posterior)
+    grad_full = jax.grad(lambda q: latent_kl(config, q, prior).sum())(posterior)
+    np.testing.assert_allclose(grad_post, 0.2 * grad_full, rtol=1e-5)
+
+
+def test_categorical_sample_is_one_hot_with_straight_through_gradient():
+    config = Config(num_features=3, feature_width=4)
+    logits = jax.random.normal(jax.random.PRNGKey(0), (12,))
+    z = sample_latent(config, jax.random.PRNGKey(1), logits)
+    assert z.shape == (12,)
+    np.testing.assert_array_equal(z.reshape(3, 4).sum(-1), 1.0)
+    assert set(np.unique(np.asarray(z)).tolist()) <= {0.0, 1.0}
+    grad = jax.grad(lambda l: jnp.sum(sample_latent(config, jax.random.PRNGKey(1), l) * jnp.arange(12.0)))(logits)
+    assert np.abs(grad).sum() > 0  # gradients pass through the sample
+    np.testing.assert_allclose(latent_entropy(config, jnp.zeros(12)), 3 * np.log(4), rtol=1e-6)
+
+
+def test_gaussian_latents_kl_is_zero_for_equal_and_positive_otherwise():
+    config = Config(num_features=5, latent_type="gaussian")
+    params = jax.random.normal(jax.random.PRNGKey(0), (10,))
+    np.testing.assert_allclose(latent_kl(config, params, params), 0.0, atol=1e-6)
+    assert latent_kl(config, params, params + 1.0) > 0
+    assert sample_latent(config, jax.random.PRNGKey(1), params).shape == (5,)
+
+
+@pytest.mark.parametrize("obs_shape,no_conv,latent_type", [((10, 10, 6), False, "categorical"),
+                                                          ((10, 5), False, "gaussian"),
+                                                          ((4,), True, "categorical")])
+def test_rssm_and_world_model_loss_shapes(obs_shape, no_conv, latent_type):
+    config = Config(num_features=4, feature_width=3, num_hidden_units=16, num_hidden_layers=1,
+                    num_conv_filters=2, conv_depth=2, no_conv=no_conv, latent_type=latent_type,
+                    sequence_length=6, batch_size=3)
+    wm = make_world_model(config, obs_shape, num_actions=3)
+    hidden, z_size = 16, latent_size(config)
+    params = wm.init(jax.random.PRNGKey(0), jnp.zeros(obs_shape), jnp.zeros(hidden), jnp.zeros(z_size), 0)
+    h = jnp.zeros((7, hidden))
+    assert wm.embed(params, jnp.zeros((7, *obs_shape))).shape[0] == 7
+    assert wm.transition(params, h, jnp.zeros((7, z_size)), jnp.zeros(7, jnp.int32)).shape == (7, hidden)
+    assert wm.decode(params, jnp.zeros((2, 7, hidden + z_size))).shape == (2, 7, *obs_shape)
+    assert wm.termination(params, h).shape == (7,)
+
+    batch_size, seq_len = 3, 6
+    batch = SequenceBatch(
+        obs=jnp.ones((batch_size, seq_len, *obs_shape), jnp.uint8),
+        action=jnp.zeros((batch_size, seq_len), jnp.int32),
+        reward=jnp.ones((batch_size, seq_len)),
+        terminated=jnp.zeros((batch_size, seq_len), bool).at[:, 2].set(True),
+        truncated=jnp.zeros((batch_size, seq_len), bool))
+    loss, (metrics, posterior) = world_model_loss(config, wm, params, batch, jax.random.PRNGKey(1))
+    assert np.isfinite(loss)
+    assert posterior.h.shape == (batch_size, seq_len, hidden)
+    assert posterior.z.shape == (batch_size, seq_len, z_size)
+    # The carry restarts at zero right after the episode end at t = 2.
+    np.testing.assert_array_equal(posterior.h[:, 3], 0.0)
+    assert all(np.isfinite(v) for v in metrics.values())
