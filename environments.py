@@ -90,7 +90,7 @@ class OpenGridEnvironment:
     size = 7
     max_steps = 50
     goal = (size - 1, size - 1)
-    moves = jnp.array([[-1, 0], [0, 1], [1, 0], [0, -1]], jnp.int32)  # (d_row, d_column) per action
+    moves = ((-1, 0), (0, 1), (1, 0), (0, -1))  # (d_row, d_column) per action
 
     def __init__(self):
         self.spec = EnvSpec((self.size, self.size, 2), np.dtype(np.float32), num_actions=len(self.moves))
@@ -103,7 +103,7 @@ class OpenGridEnvironment:
         return env_state, self._observe(env_state)
 
     def step(self, key, env_state, action):
-        position = jnp.clip(env_state.position + self.moves[action], 0, self.size - 1)
+        position = jnp.clip(env_state.position + jnp.array(self.moves)[action], 0, self.size - 1)
         moved = OpenGridState(position=position, time=env_state.time + 1)
         terminated = jnp.all(position == jnp.array(self.goal))
         truncated = (moved.time >= self.max_steps) & ~terminated

@@ -91,7 +91,8 @@ def sequence_indices(buffer: ReplayBuffer, starts: jax.Array, sequence_length: i
     starts = jnp.asarray(starts, jnp.int32)
     if maximize_nonterminal:
         window = starts[:, None] - L + 1 + jnp.arange(2 * L - 1)               # [B, 2L-1] age positions
-        ends = buffer.terminated                            # [S]
+        ends = buffer.terminated | buffer.truncated                            # [S]
+        # Masking positions before the oldest is belt and braces: the shift's clamp to 0 covers them too.
         window_ends = ends[(oldest + window) % size] & (window >= 0)           # [B, 2L-1]
         starts = jax.vmap(_sequence_start, in_axes=(0, 0, None))(window_ends, starts, L)
     positions = starts[:, None] + jnp.arange(L)                                # [B, L] age positions

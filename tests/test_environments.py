@@ -95,9 +95,10 @@ def test_open_grid_walking_to_the_goal_terminates_with_reward_one():
     toward_goal = lambda env_state, key: jnp.where(env_state.position[0] < goal_row, DOWN, RIGHT)
     keys = jax.random.split(jax.random.key(0), 8)
     reward, terminated, truncated = rollout(env, toward_goal, 12, keys)
-    for seed, key in enumerate(keys):
-        start, _ = env.reset(jax.random.split(key)[0])  # the rollout's first episode
-        distance = int(goal_row - start.position[0] + goal_column - start.position[1])
+    first_episode_keys = jax.vmap(lambda key: jax.random.split(key)[0])(keys)  # as rollout splits them
+    starts = np.asarray(jax.vmap(env.reset)(first_episode_keys)[0].position)  # [8, 2]
+    for seed, (start_row, start_column) in enumerate(starts):
+        distance = goal_row - start_row + goal_column - start_column
         first_end = np.flatnonzero(terminated[seed])[0] + 1
         assert first_end == distance and reward[seed, first_end - 1] == 1.0
         assert np.all(reward[seed, :first_end - 1] == 0.0)

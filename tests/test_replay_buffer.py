@@ -140,7 +140,8 @@ def test_every_start_matches_reference(size, warmup, L, maximize_nonterminal):
     first_step = warmup + 25 - count  # step id of the oldest entry
     ends = np.concatenate([np.zeros(warmup, bool), terminated | truncated])[first_step:]
     starts = np.arange(count - L + 1)
-    idx = jax.jit(sequence_indices, static_argnums=(2, 3))(buffer, jnp.asarray(starts), L, maximize_nonterminal)
+    indices = jax.jit(sequence_indices, static_argnums=(2, 3))
+    idx = indices(buffer, jnp.asarray(starts), L, maximize_nonterminal)
     expected = [reference_start(ends, p0, L, maximize_nonterminal) for p0 in starts]
     np.testing.assert_array_equal(steps(buffer, idx) - first_step, np.array(expected)[:, None] + np.arange(L))
 
