@@ -1,0 +1,91 @@
+"""Times the jitted, vmapped block for several seed counts and prints one JSON object.
+
+Per seed count: seconds per env step acting only (before training_start_time) and with training (one update
+every train_frequency steps), relative efficiency (seed-steps/s over the one-seed figure), wall-clock
+slowdown, compile time; plus peak RSS and replay bytes per seed.
+
+    python3 bench/bench_loop.py -c config.json --seeds 1,2 --steps 100
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from agent_environment_interaction_loop import make_block_function  # noqa: E402
+from config import load_config  # noqa: E402
+from environments import make_environment  # noqa: E402
+from experiment import initial_state  # noqa: E402
+from initialization import make_agent  # noqa: E402
+
+
+def time_block(compiled, state, repeats: int):
+    """Runs the compiled block `repeats` times; returns (state, best seconds per call)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        state, metrics = compiled(state)
+        jax.block_until_ready((state, metrics))
+        best = min(best, time.perf_counter() - start)
+    return state, best
+
+
+def bench_seeds(config, env, num_seeds: int, steps: int, repeats: int) -> dict:
+    config = dataclasses.replace(config, num_seeds=num_seeds, eval_frequency=steps,
+                                 training_start_time=max(config.training_start_time, (repeats + 1) * steps))
+    agent = make_agent(config, env)
+    state = initial_state(config, agent, seed=0)
+    start = time.perf_counter()
+    compiled = jax.jit(make_block_function(config, agent, env, steps), donate_argnums=0).lower(state).compile()
+    compile_s = time.perf_counter() - start
+    state, acting_s = time_block(compiled, state, repeats)
+    assert int(state.updates[0]) == 0, "acting-only blocks must not train"
+    # Jump the shared step counter past training_start_time: the replay already holds enough sequences.
+    state = state._replace(env_steps=jnp.full_like(state.env_steps, config.training_start_time))
+    state, training_s = time_block(compiled, state, repeats)
+    assert int(state.updates[0]) > 0
+    replay_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state.replay)) // num_seeds
+    return {"seeds": num_seeds, "acting_s_per_step": acting_s / steps, "training_s_per_step": training_s / steps,
+            "compile_s": compile_s, "replay_bytes_per_seed": replay_bytes}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", default="config.json")
+    parser.add_argument("--seeds", default="1,2", help="comma-separated seed counts")
+    parser.add_argument("--steps", type=int, default=100, help="env steps per timed block")
+    parser.add_argument("--repeats", type=int, default=2, help="timed blocks per phase (best is kept)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, args.set)
+    env = make_environment(config.environment, config.env_config.env_name)
+
+    results = [bench_seeds(config, env, int(n), args.steps, args.repeats) for n in args.seeds.split(",")]
+    base = results[0]
+    for r in results:
+        scale = r["seeds"] / base["seeds"]
+        r["relative_efficiency"] = scale * base["training_s_per_step"] / r["training_s_per_step"]
+        r["acting_relative_efficiency"] = scale * base["acting_s_per_step"] / r["acting_s_per_step"]
+        r["wall_clock_slowdown"] = r["training_s_per_step"] / base["training_s_per_step"]
+    print(json.dumps({
+        "config": args.config, "overrides": args.set, "env": config.env_config.env_name,
+        "steps_per_block": args.steps, "train_frequency": config.train_frequency, "results": results,
+        "compile_s": max(r["compile_s"] for r in results),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "replay_bytes_per_seed": base["replay_bytes_per_seed"],
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "devices": [str(d) for d in jax.devices()], "jax": jax.__version__},
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
