@@ -35,6 +35,28 @@ class MLP(hk.Module):
         return x
 
 
+class Conv3x3(hk.Module):
+    """A 3x3, stride-1, SAME-padded convolution written as nine shifted views and one matmul.
+
+    Same maths and parameter layout as hk.Conv2D(filters, 3, padding="SAME"), but XLA:CPU runs a convolution
+    op inside a scan/cond body more than ten times slower than outside it, while a matmul runs at full speed
+    (see bench/README.md). Images here are small (MinAtar 10x10), so the 9x larger patch tensor is cheap."""
+
+    def __init__(self, filters: int, name=None):
+        super().__init__(name=name)
+        self.filters = filters
+
+    def __call__(self, x):  # [N, H, W, C] -> [N, H, W, filters]
+        channels = x.shape[-1]
+        w_init = hk.initializers.VarianceScaling(1.0, "fan_avg", "truncated_normal")
+        w = hk.get_parameter("w", (3, 3, channels, self.filters), x.dtype, init=w_init)
+        b = hk.get_parameter("b", (self.filters,), x.dtype, init=jnp.zeros)
+        height, width = x.shape[1:3]
+        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        patches = jnp.concatenate([padded[:, i:i + height, j:j + width] for i in range(3) for j in range(3)], -1)
+        return patches @ w.reshape(9 * channels, self.filters) + b  # [N, H, W, 9C] @ [9C, F]
+
+
 def _as_image(obs_shape: tuple[int, ...]) -> tuple[int, int, int]:
     """HWC shape the conv layers see: a 2-D observation gets one channel."""
     return tuple(obs_shape) if len(obs_shape) == 3 else (*obs_shape, 1)
@@ -60,7 +82,7 @@ class Encoder(hk.Module):
         act = ACTIVATIONS[c.activation]
         x = obs.reshape(-1, *_as_image(self.obs_shape))  # [N, H, W, C]
         for i in range(c.conv_depth):
-            x = act(hk.Conv2D(c.num_conv_filters * 2**i, kernel_shape=3, padding="SAME")(x))
+            x = act(Conv3x3(c.num_conv_filters * 2**i)(x))
         return x.reshape(*lead, -1)
 
 
@@ -83,8 +105,8 @@ class Decoder(hk.Module):
         x = act(hk.Linear(height * width * top)(feat.reshape(-1, feat.shape[-1])))
         x = x.reshape(-1, height, width, top)  # [N, H, W, top]
         for i in reversed(range(c.conv_depth - 1)):
-            x = act(hk.Conv2D(c.num_conv_filters * 2**i, kernel_shape=3, padding="SAME")(x))
-        x = hk.Conv2D(channels, kernel_shape=3, padding="SAME")(x)
+            x = act(Conv3x3(c.num_conv_filters * 2**i)(x))
+        x = Conv3x3(channels)(x)
         return x.reshape(*lead, *self.obs_shape)
 
 

@@ -101,3 +101,15 @@ def test_rssm_and_world_model_loss_shapes(obs_shape, no_conv, latent_type):
     # The carry restarts at zero right after the episode end at t = 2.
     np.testing.assert_array_equal(posterior.h[:, 3], 0.0)
     assert all(np.isfinite(v) for v in metrics.values())
+
+
+def test_conv3x3_matches_haiku_conv2d_same_padding():
+    import haiku as hk
+
+    from networks import Conv3x3
+    ours = hk.without_apply_rng(hk.transform(lambda x: Conv3x3(5, name="conv")(x)))
+    reference = hk.without_apply_rng(hk.transform(lambda x: hk.Conv2D(5, 3, padding="SAME", name="conv")(x)))
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 10, 7, 3))
+    params = reference.init(jax.random.PRNGKey(1), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == jax.tree.map(jnp.shape, params)
+    np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), atol=1e-5)

@@ -1,0 +1,103 @@
+"""Times one training update alone, split into world model and actor-critic, and prints one JSON object with
+XLA's FLOP count and the achieved fraction of a float32 matmul roofline measured in the same process.
+
+    python3 bench/bench_update.py -c config.json
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from config import load_config  # noqa: E402
+from environments import make_environment  # noqa: E402
+from initialization import make_agent  # noqa: E402
+from losses_and_evaluation import actor_critic_losses, imagine, world_model_loss  # noqa: E402
+from networks import latent_size, make_actor_critic, make_world_model  # noqa: E402
+from replay_buffer import add, sample_sequences  # noqa: E402
+
+
+def best_time(fn, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def flops(compiled) -> float:
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    return float(analysis.get("flops", 0.0))
+
+
+def matmul_roofline(repeats: int) -> float:
+    """GFLOP/s of a large float32 matmul on this device: the ceiling the update is compared with."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (2048, 2048))
+    matmul = jax.jit(lambda x: x @ x)
+    return 2 * 2048**3 / best_time(matmul, a, repeats=repeats) / 1e9
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", default="config.json")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    c = load_config(args.config, args.set)
+    env = make_environment(c.environment, c.env_config.env_name)
+    agent = make_agent(c, env)
+    wm = make_world_model(c, env.spec.obs_shape, env.spec.num_actions)
+    actor, critic = make_actor_critic(c, env.spec.num_actions)
+
+    state = jax.jit(agent.init_state)(jax.random.PRNGKey(0))
+    # Fill the replay with enough random-looking transitions to sample full batches.
+    fill = jax.jit(lambda buf, key: jax.lax.fori_loop(0, 2 * c.sequence_length, lambda i, b: add(
+        b, jax.random.bernoulli(jax.random.fold_in(key, i), 0.1, env.spec.obs_shape), i % env.spec.num_actions,
+        0.0, i % 37 == 0, False), buf))
+    state = state._replace(replay=fill(state.replay, jax.random.PRNGKey(1)))
+    batch = jax.jit(lambda r, k: sample_sequences(r, k, c.batch_size, c.sequence_length, c.maximize_nonterminal))(
+        state.replay, jax.random.PRNGKey(2))
+    params, key = state.params, jax.random.PRNGKey(3)
+
+    wm_step = jax.jit(jax.value_and_grad(lambda p, b, k: world_model_loss(c, wm, p, b, k), has_aux=True))
+    (_, (_, posterior)), _ = wm_step(params.world_model, batch, key)
+    start_h = posterior.h.reshape(-1, c.num_hidden_units)
+    start_z = posterior.z.reshape(-1, latent_size(c))
+
+    def actor_critic_step(params, start_h, start_z, key):
+        rollout = imagine(c, wm, params.world_model, actor.apply, params.actor, start_h, start_z, key)
+        loss = lambda a, v: sum(actor_critic_losses(c, actor.apply, critic.apply, a, v, params.target_critic,
+                                                    rollout)[:2])
+        return jax.grad(loss, argnums=(0, 1))(params.actor, params.critic)
+
+    ac_step = jax.jit(actor_critic_step)
+    update = jax.jit(agent.train_update)
+
+    update_s = best_time(update, state, repeats=args.repeats)
+    wm_s = best_time(wm_step, params.world_model, batch, key, repeats=args.repeats)
+    ac_s = best_time(ac_step, params, start_h, start_z, key, repeats=args.repeats)
+    update_flops = flops(update.lower(state).compile())
+    roofline = matmul_roofline(args.repeats)
+    gflops_per_s = update_flops / update_s / 1e9
+    print(json.dumps({
+        "config": args.config, "overrides": args.set, "batch_size": c.batch_size,
+        "sequence_length": c.sequence_length, "rollout_length": c.rollout_length,
+        "update_s": update_s, "world_model_s": wm_s, "actor_critic_s": ac_s,
+        "flops": update_flops, "world_model_flops": flops(wm_step.lower(params.world_model, batch, key).compile()),
+        "actor_critic_flops": flops(ac_step.lower(params, start_h, start_z, key).compile()),
+        "gflops_per_s": gflops_per_s, "roofline_gflops_per_s": roofline, "roofline_fraction": gflops_per_s / roofline,
+        "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
