@@ -35,7 +35,7 @@ def make_env_step(agent: Agent, env) -> Callable:
             env_state=env_state,
             obs=next_obs,
             rssm_h=agent.next_h(state.params, state.rssm_h, z, action, episode_end),
-            replay=add(state.replay, state.obs, action, reward, terminated, truncated),
+            replay=add(state.replay, agent.replay_obs(state.obs), action, reward, terminated, truncated),
             key=key,
             env_steps=state.env_steps + 1,
             episode_return=jnp.where(episode_end, 0.0, episode_return),

@@ -68,7 +68,8 @@ class Config:
     state_prediction_weight: float = _opt(1.0, "weight of the observation log-likelihood", ge=0)
     activation: str = _opt("elu", "hidden-layer activation", choices=("elu", "relu", "silu", "gelu", "tanh"))
     learn_reward_variance: bool = _opt(False, "learn the reward head's variance instead of fixing it to 1")
-    maximize_nonterminal: bool = _opt(True, "shift replayed sequences that contain an episode end to end on it and start at its episode's start")
+    maximize_nonterminal: bool = _opt(
+        True, "shift a replayed sequence holding an episode end to end on it or start at its episode's start")
     no_conv: bool = _opt(False, "use MLP encoder and decoder even for image observations")
     latent_type: str = _opt("categorical", "distribution of the latent variables", choices=("categorical", "gaussian"))
     environment: str = _opt("gymnax_env", "environment family", choices=("gymnax_env", "open_grid_env"))

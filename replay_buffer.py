@@ -1,6 +1,7 @@
 """Functional replay ring buffer that lives inside the run-state pytree:
 adds one transition at a time and samples contiguous sequences, optionally shifted to cover one episode.
 """
+import math
 from typing import NamedTuple
 
 import jax
@@ -111,3 +112,14 @@ def sample_sequences(buffer: ReplayBuffer, key: jax.Array, batch_size: int, sequ
     idx = sequence_indices(buffer, starts, sequence_length, maximize_nonterminal)           # [B, L]
     return SequenceBatch(obs=buffer.obs[idx], action=buffer.action[idx], reward=buffer.reward[idx],
                          terminated=buffer.terminated[idx], truncated=buffer.truncated[idx])
+
+
+def pack_frame(obs: jax.Array) -> jax.Array:
+    """One binary frame [*frame_shape] (nonzero = 1) -> [ceil(size/8)] uint8, eight pixels per byte."""
+    return jnp.packbits(obs.reshape(-1) != 0)
+
+
+def unpack_frames(packed: jax.Array, frame_shape: tuple) -> jax.Array:
+    """[..., ceil(size/8)] uint8 from `pack_frame` -> [..., *frame_shape] uint8 of 0/1."""
+    size = math.prod(frame_shape)
+    return jnp.unpackbits(packed, axis=-1, count=size).reshape(*packed.shape[:-1], *frame_shape)

@@ -60,9 +60,11 @@ def main(argv=None):
 
     state = jax.jit(agent.init_state)(jax.random.PRNGKey(0))
     # Fill the replay with enough random-looking transitions to sample full batches.
-    fill = jax.jit(lambda buf, key: jax.lax.fori_loop(0, 2 * c.sequence_length, lambda i, b: add(
-        b, jax.random.bernoulli(jax.random.fold_in(key, i), 0.1, env.spec.obs_shape), i % env.spec.num_actions,
-        0.0, i % 37 == 0, False), buf))
+    def fill_step(i, buffer, key):
+        obs = jax.random.bernoulli(jax.random.fold_in(key, i), 0.1, env.spec.obs_shape)
+        return add(buffer, agent.replay_obs(obs), i % env.spec.num_actions, 0.0, i % 37 == 0, False)
+
+    fill = jax.jit(lambda buf, key: jax.lax.fori_loop(0, 2 * c.sequence_length, lambda i, b: fill_step(i, b, key), buf))
     state = state._replace(replay=fill(state.replay, jax.random.PRNGKey(1)))
     batch = jax.jit(lambda r, k: sample_sequences(r, k, c.batch_size, c.sequence_length, c.maximize_nonterminal))(
         state.replay, jax.random.PRNGKey(2))

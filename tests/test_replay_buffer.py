@@ -167,3 +167,15 @@ def test_jit_and_vmap_over_seeds_match_per_seed_calls():
         single = add(seeds[s], obs[s], action[s], reward[s], done[s], ~done[s])
         jax.tree.map(np.testing.assert_array_equal, jax.tree.map(lambda x: x[s], added), single)
     np.testing.assert_array_equal(jax.vmap(can_sample, in_axes=(0, None))(added, 8), [True] * 3)
+
+
+@pytest.mark.parametrize("frame_shape", [(10, 10, 6), (10, 5), (7, 7, 2), (3,)])
+def test_binary_frames_pack_eight_pixels_per_byte_and_unpack_exactly(frame_shape):
+    from replay_buffer import pack_frame, unpack_frames
+    frames = jax.random.bernoulli(jax.random.PRNGKey(0), 0.3, (4, *frame_shape)).astype(jnp.float32)
+    packed = jax.vmap(pack_frame)(frames)
+    assert packed.dtype == jnp.uint8 and packed.shape == (4, -(-int(np.prod(frame_shape)) // 8))
+    buffer = init_buffer(4, packed.shape[1:], jnp.uint8)
+    for i in range(4):
+        buffer = add(buffer, packed[i], 0, 0.0, False, False)
+    np.testing.assert_array_equal(unpack_frames(buffer.obs, frame_shape), frames)
