@@ -17,7 +17,7 @@ import numpy as np
 from agent_environment_interaction_loop import BlockMetrics, make_block_function
 from config import Config, ConfigError, load_config
 from environments import make_environment
-from initialization import RunState, make_agent
+from initialization import RunState, check_observations, make_agent
 
 RETURN_WINDOW = 50  # episodes in the final per-seed summary
 
@@ -144,6 +144,7 @@ def main(argv: Sequence[str] | None, description: str, single_seed: bool) -> int
         if single_seed:
             config = replace(config, num_seeds=1)
         env = make_environment(config.environment, config.env_config.env_name)
+        check_observations(config, env)
         if args.output and os.path.isdir(args.output):
             raise ConfigError(f"output path {args.output!r} is a directory; -o needs a file name")
     except ConfigError as error:

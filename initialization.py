@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from config import Config
+from config import Config, ConfigError
 from environments import EnvSpec
 from losses_and_evaluation import actor_critic_losses, imagine, observe_step, world_model_loss
 from networks import latent_size, make_actor_critic, make_world_model
@@ -72,6 +72,17 @@ def replay_frame(config: Config, spec: EnvSpec) -> tuple[tuple[int, ...], np.dty
     if config.binary_state:
         return (math.ceil(math.prod(spec.obs_shape) / 8),), np.dtype(np.uint8)
     return spec.obs_shape, spec.obs_dtype
+
+
+def check_observations(config: Config, env) -> None:
+    """Refuses binary_state for an env whose observations are not 0/1: they would be bit-packed into garbage.
+    Looks at the first observation of a few episodes (cheap, before anything is compiled for training)."""
+    if not config.binary_state:
+        return
+    _, obs = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(0), 8))
+    if not bool(jnp.all((obs == 0) | (obs == 1))):
+        raise ConfigError(f"binary_state is true but {config.env_config.env_name} observations are not all 0 or 1; "
+                          "set binary_state to false for this environment")
 
 
 def make_agent(config: Config, env) -> Agent:

@@ -28,6 +28,7 @@ def write_config(tmp_path, **entries):
     ({"discount": 1.5}, [], "discount"),
     ({"env_config": {"env_name": "Catchh-bsuite"}}, [], "Catchh-bsuite"),
     ({"env_config": {"env_name": "Pendulum-v1"}}, [], "Pendulum-v1"),
+    ({"env_config": {"env_name": "CartPole-v1"}}, [], "binary_state"),
     ({}, ["batch_size=abc"], "batch_size"),
     ({}, ["nonsense"], "nonsense"),
 ])
