@@ -15,9 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from agent_environment_interaction_loop import BlockMetrics, make_block_function
-from config import Config, ConfigError, load_config
+from config import Config, ConfigError, config_to_dict, load_config
 from environments import make_environment
 from initialization import RunState, check_observations, make_agent
+from tracking import DEFAULT_PROJECT, MODES, Tracker
 
 RETURN_WINDOW = 50  # episodes in the final per-seed summary
 
@@ -33,6 +34,13 @@ def build_arg_parser(description: str) -> argparse.ArgumentParser:
                         help="override a config key, parsed and validated like the file; dotted keys reach "
                              "env_config, e.g. --set env_config.env_name=Breakout-MinAtar (repeatable)")
     parser.add_argument("--no_progress", action="store_true", help="do not draw the progress bar")
+    parser.add_argument("-g", "--group", default=None,
+                        help="wandb group shared by every seed's run (default: a generated name, printed at start)")
+    parser.add_argument("--tag", action="append", default=[], help="wandb tag for every seed's run (repeatable)")
+    parser.add_argument("--wandb_project", default=DEFAULT_PROJECT, help=f"wandb project (default {DEFAULT_PROJECT})")
+    parser.add_argument("--wandb", choices=MODES, default=None,
+                        help="wandb mode: one run per seed; default offline unless WANDB_MODE is set "
+                             "(offline runs are uploaded later with `wandb sync`)")
     return parser
 
 
@@ -91,7 +99,7 @@ class ProgressBar:
             print(file=sys.stderr)
 
 
-def run(config: Config, env, seed: int, output: str | None, progress: bool = True) -> dict:
+def run(config: Config, env, seed: int, output: str | None, progress: bool = True, tracker=None) -> dict:
     """Trains `config.num_seeds` seeds for `config.num_steps` env steps. Returns the final state, every
     completed episode's return per seed, and timing figures."""
     agent = make_agent(config, env)
@@ -121,6 +129,8 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
             if out:
                 out.writelines(json.dumps(r) + "\n" for r in records)
                 out.flush()
+            if tracker:
+                tracker.log_block(records)
             bar.update(int(state.env_steps[0]), [r for rs in all_returns for r in rs[-RETURN_WINDOW:]])
     finally:
         bar.close()
@@ -152,6 +162,14 @@ def main(argv: Sequence[str] | None, description: str, single_seed: bool) -> int
         return 2
     print(f"{config.num_seeds} seed(s) of {config.env_config.env_name}, seeds {args.seed}..{args.seed + config.num_seeds - 1}, "
           f"{config.num_steps} env steps, metrics -> {args.output}")
-    result = run(config, env, args.seed, args.output, progress=not args.no_progress)
+    seeds = [args.seed + i for i in range(config.num_seeds)]
+    tracker = Tracker(config_to_dict(config), seeds, args.group, project=args.wandb_project, mode=args.wandb,
+                      tags=args.tag)
+    if tracker.active:
+        print(f"wandb group {tracker.group} ({tracker.mode}), one run per seed")
+    try:
+        result = run(config, env, args.seed, args.output, progress=not args.no_progress, tracker=tracker)
+    finally:
+        tracker.finish()
     print_summary(result, args.seed)
     return 0

@@ -53,7 +53,7 @@ def test_missing_config_file_exits_2(tmp_path):
 def test_debug_config_runs_end_to_end_and_writes_records(tmp_path):
     output = tmp_path / "metrics.jsonl"
     result = run_script("dreamer_multiseed.py", "-c", "configs/debug.json", "-s", "7", "-o", str(output),
-                        "--set", "num_seeds=2", "--set", "num_steps=150")
+                        "--set", "num_seeds=2", "--set", "num_steps=150", "--wandb", "disabled")
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(records) == 2 * 3  # 2 seeds x 3 blocks of 50 steps
@@ -64,3 +64,15 @@ def test_debug_config_runs_end_to_end_and_writes_records(tmp_path):
         assert key in last
     assert records[0]["model_loss"] is None  # no training in the first block
     assert "seed 7" in result.stdout and "seed 8" in result.stdout
+
+
+def test_two_seeds_log_two_offline_wandb_runs_in_one_group(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    result = run_script("dreamer_multiseed.py", "-c", os.path.join(ROOT, "configs", "debug.json"), "-g", "mygroup",
+                        "--set", "num_seeds=2", "--set", "num_steps=100", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "wandb group mygroup (offline)" in result.stdout
+    runs = sorted(p.name for p in (tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2
+    assert "wandb sync" in result.stderr

@@ -1,0 +1,257 @@
+"""Experiment tracking with Weights & Biases: one wandb run per seed, all in one process.
+
+A `Tracker` opens one wandb run per seed of an invocation. The runs share a `group`, so the
+wandb UI shows the seeds of one invocation as one comparison; each run is named
+`f"{group}-seed{seed}"` and carries the full config plus `seed`, `num_seeds` and `env_name`.
+Per block, `log_block` takes the records that the runner writes to its JSON-lines output (one
+per seed) and logs their numeric fields against `env_steps`.
+
+Tracking is best effort and never stops training:
+- mode "offline" (the default, unless WANDB_MODE is set) writes runs under `directory/wandb/`
+  and prints once how to upload them later with `wandb sync`;
+- mode "online" without an API key or without network falls back to "offline";
+- mode "disabled" neither imports wandb nor writes anything;
+- any exception raised by wandb (an import failure included) prints one warning line on stderr
+  and turns the tracker into a no-op.
+wandb never prompts: the tracker sets WANDB_SILENT, WANDB_CONSOLE=off and the matching settings.
+"""
+
+from __future__ import annotations
+
+import datetime
+import netrc
+import os
+import secrets
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+MODES = ("online", "offline", "disabled")
+DEFAULT_PROJECT = "dreamer-jax"
+_DEFAULT_BASE_URL = "https://api.wandb.ai"
+
+
+def default_mode() -> str:
+    """The mode to use when none is given: WANDB_MODE if the user set it, else "offline"."""
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if mode == "dryrun":  # wandb's old name for offline
+        return "offline"
+    return mode if mode in MODES else "offline"
+
+
+def make_group_name(env_name: str | None = None, now: datetime.datetime | None = None) -> str:
+    """A readable, unique group name: `<env>-<YYYYmmdd-HHMMSS>-<4 hex>`, e.g. `catch-bsuite-20261124-081500-3fa2`."""
+    now = now or datetime.datetime.now()
+    stem = _slug(env_name) if env_name else "dreamer"
+    return f"{stem}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def _slug(text: str) -> str:
+    chars = [c.lower() if c.isalnum() else "-" for c in text]
+    return "-".join(part for part in "".join(chars).split("-") if part) or "dreamer"
+
+
+def _env_name(config: Mapping[str, Any]) -> str | None:
+    env_config = config.get("env_config")
+    if isinstance(env_config, Mapping) and env_config.get("env_name"):
+        return str(env_config["env_name"])
+    name = config.get("env_name")
+    return str(name) if name else None
+
+
+def _have_api_key() -> bool:
+    """Whether wandb could authenticate without prompting: an API key in the environment or in netrc."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", _DEFAULT_BASE_URL)).hostname or ""
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def _can_reach_server(timeout: float = 3.0) -> bool:
+    parsed = urlparse(os.environ.get("WANDB_BASE_URL", _DEFAULT_BASE_URL))
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def numeric_metrics(record: Mapping[str, Any]) -> dict[str, float | int]:
+    """The loggable part of one output record: its int and float fields (bools as 0/1), None and others dropped."""
+    out: dict[str, float | int] = {}
+    for key, value in record.items():
+        if key == "seed" or value is None:
+            continue
+        if isinstance(value, bool):
+            out[key] = int(value)
+        elif isinstance(value, (int, float)):
+            out[key] = value
+        elif hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy / jax scalar
+            out[key] = value.item()
+    return out
+
+
+class Tracker:
+    """One wandb run per seed of one invocation, all in this process, grouped under `group`.
+
+    Args:
+        config_dict: the full config as plain data (e.g. `config.to_dict()`); goes in each run's config.
+        seeds: the seeds of the invocation, one run each, in the order of the records.
+        group: the wandb group shared by all runs; None generates a readable name (see `make_group_name`).
+        project: the wandb project.
+        mode: "online", "offline" or "disabled"; None means WANDB_MODE if set, else "offline".
+        tags: wandb tags of every run.
+        run_ids: wandb run ids, one per seed, to continue those runs after a checkpoint resume
+            (`resume="allow"`); None starts new runs. `tracker.run_ids` gives the ids to store.
+        directory: where wandb writes its `wandb/` folder.
+        env_name: the environment name for the run config and the generated group; by default
+            `config_dict["env_config"]["env_name"]`.
+
+    Attributes: `group`, `run_ids` (None where a run is not open), `mode` (the mode in effect),
+    `active` (whether anything is logged), `sync_dirs` (offline run directories).
+    """
+
+    def __init__(
+        self,
+        config_dict: Mapping[str, Any],
+        seeds: Sequence[int],
+        group: str | None = None,
+        project: str = DEFAULT_PROJECT,
+        mode: str | None = None,
+        tags: Sequence[str] = (),
+        run_ids: Sequence[str] | None = None,
+        directory: str = ".",
+        env_name: str | None = None,
+    ) -> None:
+        self.seeds = [int(seed) for seed in seeds]
+        if run_ids is not None and len(run_ids) != len(self.seeds):
+            raise ValueError(f"got {len(run_ids)} run ids for {len(self.seeds)} seeds, expected one per seed")
+        mode = default_mode() if mode is None else mode
+        if mode not in MODES:
+            raise ValueError(f"wandb mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.env_name = env_name or _env_name(config_dict)
+        self.group = group or make_group_name(self.env_name)
+        self.project = project
+        self.directory = os.path.abspath(directory)
+        self.run_ids: list[str | None] = list(run_ids) if run_ids is not None else [None] * len(self.seeds)
+        self.sync_dirs: list[str] = []
+        self.mode = mode
+        self._runs: list[Any] = []
+        self._warned = False
+        if mode == "disabled":
+            return
+        try:
+            self._start(dict(config_dict), list(tags))
+        except Exception as error:  # noqa: BLE001 - a tracking failure must never stop training
+            self._fail(error)
+
+    @property
+    def active(self) -> bool:
+        return bool(self._runs)
+
+    def _start(self, config: dict[str, Any], tags: list[str]) -> None:
+        os.environ.setdefault("WANDB_SILENT", "true")
+        os.environ["WANDB_CONSOLE"] = "off"
+        if self.mode == "online" and not _have_api_key():
+            self._note("no wandb API key found (WANDB_API_KEY or `wandb login`), logging offline")
+            self.mode = "offline"
+        elif self.mode == "online" and not _can_reach_server():
+            self._note("cannot reach the wandb server, logging offline")
+            self.mode = "offline"
+        import wandb  # only here: mode "disabled" must not import it
+
+        os.makedirs(self.directory, exist_ok=True)
+        settings = wandb.Settings(
+            silent=True,
+            console="off",
+            disable_git=True,
+            save_code=False,
+            x_disable_stats=True,
+            x_save_requirements=False,
+            init_timeout=60.0,
+        )
+        for index, seed in enumerate(self.seeds):
+            run_config = {**config, "seed": seed, "num_seeds": len(self.seeds), "env_name": self.env_name}
+            kwargs: dict[str, Any] = {}
+            if self.run_ids[index] is not None:
+                kwargs = {"id": self.run_ids[index], "resume": "allow"}
+            run = wandb.init(
+                project=self.project,
+                group=self.group,
+                name=f"{self.group}-seed{seed}",
+                config=run_config,
+                tags=tags or None,
+                mode=self.mode,
+                dir=self.directory,
+                reinit="create_new",
+                settings=settings,
+                **kwargs,
+            )
+            run.define_metric("env_steps")
+            run.define_metric("*", step_metric="env_steps")
+            self._runs.append(run)
+            self.run_ids[index] = run.id
+            if self.mode == "offline":
+                self.sync_dirs.append(run.settings.sync_dir)
+        if self.mode == "offline" and self.sync_dirs:
+            parent = os.path.dirname(self.sync_dirs[0])
+            self._note(
+                f"{len(self.sync_dirs)} offline runs (group {self.group}) in {parent}; "
+                f"upload them later with: wandb sync {os.path.join(parent, 'offline-run-*')}"
+            )
+
+    def log_block(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Log one block: one output record per seed (matched by its `seed` field, else by position)."""
+        if not self._runs:
+            return
+        try:
+            by_seed = {seed: index for index, seed in enumerate(self.seeds)}
+            for position, record in enumerate(records):
+                index = by_seed.get(record.get("seed"), position) if "seed" in record else position
+                if index >= len(self._runs):
+                    continue
+                metrics = numeric_metrics(record)
+                if metrics:
+                    self._runs[index].log(metrics)
+        except Exception as error:  # noqa: BLE001
+            self._fail(error)
+
+    def finish(self) -> None:
+        """Close every run (flushes offline files); safe to call twice."""
+        runs, self._runs = self._runs, []
+        for run in runs:
+            try:
+                run.finish()
+            except Exception as error:  # noqa: BLE001
+                self._fail(error)
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.finish()
+
+    def _fail(self, error: BaseException) -> None:
+        """Warn once, close what can be closed, and become a no-op."""
+        if not self._warned:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            print(f"warning: wandb tracking turned off ({type(error).__name__}: {message}); "
+                  "training goes on, metrics are still in the output file", file=sys.stderr)
+            self._warned = True
+        runs, self._runs = self._runs, []
+        for run in runs:
+            try:
+                run.finish(exit_code=1)
+            except Exception:  # noqa: BLE001
+                pass
+
+    @staticmethod
+    def _note(message: str) -> None:
+        print(f"wandb: {message}", file=sys.stderr)
