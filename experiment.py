@@ -140,7 +140,9 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
 
 
 def print_summary(result: dict, seed: int) -> None:
-    print(f"compiled in {result['compile_s']:.1f} s, ran in {result['run_s']:.1f} s")
+    steps = int(result["state"].env_steps[0])
+    print(f"compiled in {result['compile_s']:.1f} s, ran {steps} env steps per seed in {result['run_s']:.1f} s "
+          f"({steps / max(result['run_s'], 1e-9):.0f} steps/s)")
     for i, returns in enumerate(result["returns"]):
         recent = returns[-RETURN_WINDOW:]
         mean = f"{np.mean(recent):.3f}" if recent else "n/a (no episode completed)"
