@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import checkpoint
 from agent_environment_interaction_loop import BlockMetrics, make_block_function
 from config import Config, ConfigError, config_to_dict, load_config
 from environments import make_environment
@@ -26,8 +27,9 @@ RETURN_WINDOW = 50  # episodes in the final per-seed summary
 def build_arg_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("-c", "--config", required=True, help="JSON config file (see config.json; unknown keys are errors)")
-    parser.add_argument("-s", "--seed", type=int, default=0,
-                        help="random seed; with several seeds, seed i of the run uses SEED+i (default 0)")
+    parser.add_argument("-s", "--seed", type=int, default=None,
+                        help="random seed; with several seeds, seed i of the run uses SEED+i (default 0, or the "
+                             "checkpoint's seed on resume)")
     parser.add_argument("-o", "--output", default="dreamer.out",
                         help="JSON-lines metrics file, one record per seed per block (default dreamer.out)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -41,6 +43,11 @@ def build_arg_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--wandb", choices=MODES, default=None,
                         help="wandb mode: one run per seed; default offline unless WANDB_MODE is set "
                              "(offline runs are uploaded later with `wandb sync`)")
+    parser.add_argument("--save_checkpoint", default="checkpoint.ckpt", metavar="PATH",
+                        help="checkpoint written every checkpoint_frequency env steps, at the end and on "
+                             "SIGINT/SIGTERM (default checkpoint.ckpt; '' for none)")
+    parser.add_argument("--load_checkpoint", default=None, metavar="PATH",
+                        help="resume the run stored in this checkpoint (a missing file starts a fresh run)")
     return parser
 
 
@@ -48,6 +55,14 @@ def initial_state(config: Config, agent, seed: int) -> RunState:
     """Stacked initial states of seeds seed, seed+1, ..., each built exactly as a single-seed run would."""
     keys = jnp.stack([jax.random.PRNGKey(seed + i) for i in range(config.num_seeds)])
     return jax.jit(jax.vmap(agent.init_state))(keys)
+
+
+def block_schedule(start_steps: int, num_steps: int, eval_frequency: int) -> list[int]:
+    """Block sizes from env step start_steps to num_steps: blocks end at multiples of eval_frequency (and at
+    num_steps), so a resumed run takes the same blocks as an uninterrupted one."""
+    ends = list(range((start_steps // eval_frequency + 1) * eval_frequency, num_steps, eval_frequency))
+    ends += [num_steps] if num_steps > start_steps else []
+    return [end - begin for begin, end in zip([start_steps] + ends, ends)]
 
 
 def block_records(metrics: BlockMetrics, state: RunState, seed: int, elapsed_s: float, num_steps: int):
@@ -99,39 +114,61 @@ class ProgressBar:
             print(file=sys.stderr)
 
 
-def run(config: Config, env, seed: int, output: str | None, progress: bool = True, tracker=None) -> dict:
-    """Trains `config.num_seeds` seeds for `config.num_steps` env steps. Returns the final state, every
-    completed episode's return per seed, and timing figures."""
+def run(config: Config, env, seed: int, output: str | None, progress: bool = True, tracker=None,
+        save_checkpoint: str | None = None, resume: checkpoint.Resume | None = None) -> dict:
+    """Trains `config.num_seeds` seeds for `config.num_steps` env steps, from the start or from `resume`.
+    Saves a checkpoint to `save_checkpoint` (if given) every `checkpoint_frequency` env steps, at the end and
+    after the current block on SIGINT/SIGTERM. Returns the final state, the completed episodes' returns per
+    seed (on resume: the last RETURN_WINDOW before it, then the new ones), and timing figures."""
     agent = make_agent(config, env)
-    state = initial_state(config, agent, seed)
+    state = resume.state if resume else initial_state(config, agent, seed)
+    all_returns = resume.recent_returns if resume else [[] for _ in range(config.num_seeds)]
+    records_written = resume.output_records if resume else 0
 
-    block_sizes = [config.eval_frequency] * (config.num_steps // config.eval_frequency)
-    if config.num_steps % config.eval_frequency:
-        block_sizes.append(config.num_steps % config.eval_frequency)
+    block_sizes = block_schedule(int(state.env_steps[0]), config.num_steps, config.eval_frequency)
     compiled, compile_start = {}, time.time()
     for size in sorted(set(block_sizes)):
         block = jax.jit(make_block_function(config, agent, env, size), donate_argnums=0)
         compiled[size] = block.lower(state).compile()
     compile_s = time.time() - compile_start
 
-    all_returns = [[] for _ in range(config.num_seeds)]
+    def save():
+        checkpoint.save(save_checkpoint, state, {
+            "config": config_to_dict(config), "seeds": [seed + i for i in range(config.num_seeds)],
+            "env_steps": int(state.env_steps[0]), "updates": int(state.updates[0]),
+            "episodes": [int(e) for e in state.episodes],
+            "recent_returns": [returns[-RETURN_WINDOW:] for returns in all_returns],
+            "output": checkpoint.output_position(output, out.tell() if out else 0, records_written),
+            "wandb": {"group": tracker.group, "run_ids": tracker.run_ids} if tracker else None})
+
     bar = ProgressBar(config.num_steps, progress)
-    out = open(output, "w") if output else None
+    out = checkpoint.open_output(output, resume.output_bytes if resume else None) if output else None
     run_start = time.time()
     try:
-        for size in block_sizes:
-            block_start = time.time()
-            state, metrics = compiled[size](state)
-            jax.block_until_ready(state)
-            records, returns = block_records(metrics, state, seed, time.time() - block_start, size)
-            for i, seed_returns in enumerate(returns):
-                all_returns[i].extend(seed_returns)
-            if out:
-                out.writelines(json.dumps(r) + "\n" for r in records)
-                out.flush()
-            if tracker:
-                tracker.log_block(records)
-            bar.update(int(state.env_steps[0]), [r for rs in all_returns for r in rs[-RETURN_WINDOW:]])
+        with checkpoint.StopSignals(enabled=bool(save_checkpoint)) as stop:
+            for size in block_sizes:
+                block_start = time.time()
+                state, metrics = compiled[size](state)
+                jax.block_until_ready(state)
+                records, returns = block_records(metrics, state, seed, time.time() - block_start, size)
+                for i, seed_returns in enumerate(returns):
+                    all_returns[i].extend(seed_returns)
+                if out:
+                    out.writelines((json.dumps(r) + "\n").encode() for r in records)
+                    out.flush()
+                    records_written += len(records)
+                if tracker:
+                    tracker.log_block(records)
+                steps = int(state.env_steps[0])
+                bar.update(steps, [r for rs in all_returns for r in rs[-RETURN_WINDOW:]])
+                period = config.checkpoint_frequency
+                if save_checkpoint and (stop.requested or steps == config.num_steps
+                                        or steps // period > (steps - size) // period):
+                    save()
+                if stop.requested:
+                    print(f"\nstopped by {stop.requested} at env step {steps}; checkpoint saved to {save_checkpoint}; "
+                          f"resume with the same command plus --load_checkpoint {save_checkpoint}", file=sys.stderr)
+                    break
     finally:
         bar.close()
         if out:
@@ -146,11 +183,13 @@ def print_summary(result: dict, seed: int) -> None:
     for i, returns in enumerate(result["returns"]):
         recent = returns[-RETURN_WINDOW:]
         mean = f"{np.mean(recent):.3f}" if recent else "n/a (no episode completed)"
-        print(f"seed {seed + i}: {len(returns)} episodes, mean return over the last {len(recent)}: {mean}")
+        episodes = int(result["state"].episodes[i])
+        print(f"seed {seed + i}: {episodes} episodes, mean return over the last {len(recent)}: {mean}")
 
 
 def main(argv: Sequence[str] | None, description: str, single_seed: bool) -> int:
     args = build_arg_parser(description).parse_args(argv)
+    resume = None
     try:
         config = load_config(args.config, args.set)
         if single_seed:
@@ -159,19 +198,31 @@ def main(argv: Sequence[str] | None, description: str, single_seed: bool) -> int
         check_observations(config, env)
         if args.output and os.path.isdir(args.output):
             raise ConfigError(f"output path {args.output!r} is a directory; -o needs a file name")
-    except ConfigError as error:
+        if args.save_checkpoint:
+            checkpoint.check_save_path(args.save_checkpoint)
+        if args.load_checkpoint and not os.path.exists(args.load_checkpoint):
+            print(f"warning: checkpoint {args.load_checkpoint!r} does not exist; starting a fresh run", file=sys.stderr)
+        elif args.load_checkpoint:
+            expected = jax.eval_shape(lambda: initial_state(config, make_agent(config, env), 0))
+            resume = checkpoint.prepare_resume(args.load_checkpoint, config_to_dict(config), expected, args.seed,
+                                               config.num_steps, args.output)
+    except (ConfigError, checkpoint.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"{config.num_seeds} seed(s) of {config.env_config.env_name}, seeds {args.seed}..{args.seed + config.num_seeds - 1}, "
-          f"{config.num_steps} env steps, metrics -> {args.output}")
-    seeds = [args.seed + i for i in range(config.num_seeds)]
-    tracker = Tracker(config_to_dict(config), seeds, args.group, project=args.wandb_project, mode=args.wandb,
-                      tags=args.tag)
+    seed = resume.seed if resume else (args.seed or 0)
+    print(f"{config.num_seeds} seed(s) of {config.env_config.env_name}, seeds {seed}..{seed + config.num_seeds - 1}, "
+          f"{config.num_steps} env steps, metrics -> {args.output}"
+          + (f", resuming from env step {resume.env_steps} of {args.load_checkpoint}" if resume else ""))
+    seeds = [seed + i for i in range(config.num_seeds)]
+    wandb = resume.wandb if resume and resume.wandb else {}
+    tracker = Tracker(config_to_dict(config), seeds, args.group or wandb.get("group"), project=args.wandb_project,
+                      mode=args.wandb, tags=args.tag, run_ids=wandb.get("run_ids"))
     if tracker.active:
         print(f"wandb group {tracker.group} ({tracker.mode}), one run per seed")
     try:
-        result = run(config, env, args.seed, args.output, progress=not args.no_progress, tracker=tracker)
+        result = run(config, env, seed, args.output, progress=not args.no_progress, tracker=tracker,
+                     save_checkpoint=args.save_checkpoint or None, resume=resume)
     finally:
         tracker.finish()
-    print_summary(result, args.seed)
+    print_summary(result, seed)
     return 0
