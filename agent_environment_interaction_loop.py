@@ -1,12 +1,19 @@
 """The block function: `eval_frequency` env steps of act, env step, store, with a training update every
 `train_frequency` steps once `training_start_time` is reached. It maps a multi-seed RunState (leading seed
-axis on every leaf) to (RunState, per-step metrics); `scan` and `cond` are parameters so the same block
-runs under `lax` or under Python drivers."""
+axis on every leaf) to (RunState, per-step metrics).
+
+`scan` and `cond` are parameters, so the very same block runs two ways:
+- JAX drivers (`lax.scan`, `lax.cond`) for JAX environments: the whole block is one compiled program;
+- Python drivers (`python_scan`, `python_cond`, below) for environments stepped in Python (gymnasium, gym):
+  the block runs as a Python loop, and only the agent's pieces (act, store, training update, target
+  refresh) are jitted, each compiled once, with the state donated so the replay buffer is updated in place.
+"""
 
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from config import Config
 from initialization import Agent, RunState
@@ -22,56 +29,117 @@ class BlockMetrics(NamedTuple):
     train: dict  # name -> [steps, seeds] training metrics (zero where not trained)
 
 
-def make_env_step(agent: Agent, env) -> Callable:
-    """Per-seed: act on the current observation, step the env, store the transition."""
+def python_scan(f, init, xs=None, length=None):
+    """lax.scan's signature and meaning, run as a Python loop; per-step outputs are stacked on the host."""
+    length = length if xs is None else len(jax.tree.leaves(xs)[0])
+    carry, outputs = init, []
+    for i in range(length):
+        carry, y = f(carry, None if xs is None else jax.tree.map(lambda x: x[i], xs))
+        outputs.append(y)
+    return carry, jax.tree.map(lambda *ys: np.stack(ys), *outputs)
 
-    def env_step(state: RunState):
-        key, act_key, env_key = jax.random.split(state.key, 3)
-        action, z = agent.act(state.params, state.rssm_h, state.obs, act_key)
-        env_state, next_obs, reward, terminated, truncated = env.step(env_key, state.env_state, action)
+
+def python_cond(pred, true_fun, false_fun, *operands):
+    """lax.cond's signature and meaning, deciding on the host: only the taken branch runs."""
+    return true_fun(*operands) if bool(pred) else false_fun(*operands)
+
+
+class Drivers(NamedTuple):
+    scan: Callable
+    cond: Callable
+    compile: Callable  # (piece, donate_first) for each of the agent's pieces: identity under lax, jax.jit under
+    # Python, donating the first argument (the state: the replay is updated in place) where donate_first
+
+
+def _jit_piece(piece: Callable, donate_first: bool = True) -> Callable:
+    return jax.jit(piece, donate_argnums=0 if donate_first else ())
+
+
+JAX_DRIVERS = Drivers(jax.lax.scan, jax.lax.cond, lambda piece, donate_first=True: piece)
+PYTHON_DRIVERS = Drivers(python_scan, python_cond, _jit_piece)
+
+
+def make_act(agent: Agent) -> Callable:
+    """Per-seed: choose an action on the current observation; split off the key the env step uses."""
+
+    def act(params, rssm_h, obs, key):
+        key, act_key, env_key = jax.random.split(key, 3)
+        action, z = agent.act(params, rssm_h, obs, act_key)
+        return key, action, z, env_key
+
+    return act
+
+
+def make_store(agent: Agent) -> Callable:
+    """Per-seed: store the transition (obs, action, env_output), move the RSSM carry and the episode counters
+    to the next observation. `state` comes without the parts this does not update in place: training params
+    and optimizer states (passed in `params` where needed), env state and observation (replaced)."""
+
+    def store(state: RunState, params, obs, action, z, env_output):
+        env_state, next_obs, reward, terminated, truncated = env_output
         episode_end = terminated | truncated
         episode_return = state.episode_return + reward
         state = state._replace(
             env_state=env_state,
             obs=next_obs,
-            rssm_h=agent.next_h(state.params, state.rssm_h, z, action, episode_end),
-            replay=add(state.replay, agent.replay_obs(state.obs), action, reward, terminated, truncated),
-            key=key,
+            rssm_h=agent.next_h(params, state.rssm_h, z, action, episode_end),
+            replay=add(state.replay, agent.replay_obs(obs), action, reward, terminated, truncated),
             env_steps=state.env_steps + 1,
             episode_return=jnp.where(episode_end, 0.0, episode_return),
             episodes=state.episodes + episode_end.astype(jnp.int32),
         )
         return state, (episode_return, episode_end)
 
-    return env_step
+    return store
 
 
-def make_block_function(config: Config, agent: Agent, env, num_steps: int, scan=jax.lax.scan,
-                        cond=jax.lax.cond) -> Callable:
+def make_block_function(config: Config, agent: Agent, envs, num_steps: int,
+                        drivers: Drivers = JAX_DRIVERS) -> Callable:
     """Returns block(state) -> (state, BlockMetrics) running `num_steps` env steps for all seeds.
 
-    The per-seed pieces are vmapped inside; the decisions to train and to refresh the target critic are
-    taken on the shared step counter (seed 0's, identical for all seeds), an unbatched scalar, so `cond`
-    stays a real branch and no training work runs before `training_start_time`."""
+    `envs` is the seeds' environments with a leading seed axis (environments.VmappedEnvironments under the
+    JAX drivers, environments.PythonEnvironments under the Python drivers). The per-seed pieces are vmapped;
+    the decisions to train and to refresh the target critic are taken on the shared step counter (seed 0's,
+    identical for all seeds), an unbatched scalar, so `cond` stays a real branch and no training work runs
+    before `training_start_time`."""
     c = config
-    env_step = jax.vmap(make_env_step(agent, env))
-    train_update = jax.vmap(agent.train_update)
-    update_target = jax.vmap(agent.update_target)
+    scan, cond, compiled = drivers
+    act = compiled(jax.vmap(make_act(agent)), donate_first=False)
+    vmapped_store = jax.vmap(make_store(agent))
+    train_update = compiled(jax.vmap(agent.train_update))
+    update_target = compiled(jax.vmap(agent.update_target))
 
-    def skip_training(state):
-        metric_shapes = jax.eval_shape(train_update, state)[1]
-        return state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
-
-    def step(state: RunState, _):
-        state, (episode_return, episode_end) = env_step(state)
+    @compiled
+    def store(state: RunState, params, obs, action, z, env_output):
+        state, outputs = vmapped_store(state, params, obs, action, z, env_output)
         env_steps = state.env_steps[0]  # unbatched: the counter every seed shares
         trained = (env_steps > c.training_start_time) & (env_steps % c.train_frequency == 0)
-        state, train_metrics = cond(trained, train_update, skip_training, state)
         refresh = env_steps % c.target_update_frequency == 0
+        return state, outputs, trained, refresh
+
+    no_metrics = {}  # zeros shaped like the training metrics, built once
+
+    def skip_training(state):
+        if not no_metrics:
+            shapes = jax.eval_shape(train_update, state)[1]
+            no_metrics.update(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
+        return state, dict(no_metrics)
+
+    def step(state: RunState, _):
+        # Acting and storing see only what they use: under the Python drivers every leaf passed costs time.
+        acting_params = state.params._replace(critic=None, target_critic=None)
+        key, action, z, env_keys = act(acting_params, state.rssm_h, state.obs, state.key)
+        env_output = envs.step(env_keys, state.env_state, action)
+        interaction = state._replace(params=None, opt_states=None, env_state=None, obs=None, key=key)
+        interaction, (episode_return, episode_end), trained, refresh = store(
+            interaction, acting_params, state.obs, action, z, env_output)
+        state = interaction._replace(params=state.params, opt_states=state.opt_states)
+        state, train_metrics = cond(trained, train_update, skip_training, state)
         state = cond(refresh, update_target, lambda s: s, state)
         return state, BlockMetrics(episode_return, episode_end, trained, train_metrics)
 
-    def block(state: RunState):
-        return scan(step, state, None, length=num_steps)
+    def block(state: RunState, length: int = num_steps):
+        return scan(step, state, None, length=length)
 
+    block.pieces = {"act": act, "store": store, "train_update": train_update, "update_target": update_target}
     return block

@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 
+JAX_FAMILIES = ("gymnax_env", "open_grid_env")  # written in JAX: the whole loop compiles
+PYTHON_FAMILIES = ("gymnasium_env", "gym_env")  # Python objects, stepped between the agent's jitted pieces
+
+
 class ConfigError(Exception):
     """A user mistake in the configuration or command line: the message is one sentence."""
 
@@ -24,7 +28,10 @@ def _opt(default, help, *, ge=None, gt=None, le=None, choices=None):
 class EnvConfig:
     """Which environment to build; set from the command line as env_config.KEY=VALUE."""
 
-    env_name: str = _opt("SpaceInvaders-MinAtar", "environment id, e.g. a gymnax name such as Breakout-MinAtar")
+    env_name: str = _opt("SpaceInvaders-MinAtar", "environment id: a gymnax name such as Breakout-MinAtar, or a "
+                         "gymnasium/gym id such as CartPole-v1 or MinAtar/SpaceInvaders-v1")
+    # Every other env_config key (e.g. "max_episode_steps": 200) is a keyword argument for gymnasium/gym `make`.
+    make_kwargs: dict = field(default_factory=dict, metadata={"help": "extra keys passed to make", "extra": True})
 
     def __post_init__(self):
         _check_fields(self, "env_config.")
@@ -72,9 +79,10 @@ class Config:
         True, "shift a replayed sequence holding an episode end to end on it or start at its episode's start")
     no_conv: bool = _opt(False, "use MLP encoder and decoder even for image observations")
     latent_type: str = _opt("categorical", "distribution of the latent variables", choices=("categorical", "gaussian"))
-    environment: str = _opt("gymnax_env", "environment family", choices=("gymnax_env", "open_grid_env"))
+    environment: str = _opt("gymnax_env", "environment family", choices=JAX_FAMILIES + PYTHON_FAMILIES)
     binary_state: bool = _opt(True, "observations are 0/1: Bernoulli likelihood and compact replay storage")
-    jax_env: bool = _opt(True, "the environment is written in JAX, so the whole loop compiles")
+    jax_env: bool = _opt(True, "run the whole loop compiled (JAX environments only); false steps the "
+                         "environments in Python between the agent's jitted pieces")
     env_config: EnvConfig = field(default_factory=EnvConfig, metadata={"help": "environment settings"})
 
     def __post_init__(self):
@@ -85,8 +93,12 @@ class Config:
         if self.training_start_time < self.sequence_length:
             raise ConfigError(f"training_start_time must be >= sequence_length ({self.sequence_length}), "
                               f"got {self.training_start_time}")
-        if not self.jax_env:
-            raise ConfigError("jax_env is false, but non-JAX environments are not supported yet, set jax_env to true")
+        if self.env_config.make_kwargs and self.environment in JAX_FAMILIES:
+            key = sorted(self.env_config.make_kwargs)[0]
+            raise ConfigError(f"{_unknown_key('env_config.' + key)} (extra env_config keys are keyword arguments "
+                              f"for make, taken by {' and '.join(PYTHON_FAMILIES)} only)")
+        if self.jax_env and self.environment in PYTHON_FAMILIES:
+            raise ConfigError(f"environment {self.environment} is not written in JAX, so jax_env must be false")
 
 
 def load_config(path: str | None, overrides: Sequence[str] = ()) -> Config:
@@ -103,7 +115,10 @@ def load_config(path: str | None, overrides: Sequence[str] = ()) -> Config:
 
 def config_to_dict(config: Config) -> dict[str, Any]:
     """The config as plain JSON-serialisable data (env_config as a nested dict); load_config reads it back."""
-    return dataclasses.asdict(config)
+    data = dataclasses.asdict(config)
+    env_config = data.pop("env_config")
+    data["env_config"] = {"env_name": env_config["env_name"], **env_config["make_kwargs"]}
+    return data
 
 
 def config_help() -> str:
@@ -149,9 +164,19 @@ def _apply_override(raw: dict, override: str) -> None:
         node = node.setdefault(group, {})
         if not isinstance(node, dict):
             return  # the file's own value for this group is not an object: validation reports it
-    if leaf not in _field_types(cls):
+    if cls is EnvConfig and leaf not in _field_types(cls):
+        node[leaf] = _parse_json_or_text(text)  # a keyword argument for make
+        return
+    if leaf not in _field_types(cls) or _is_extra(cls, leaf):
         raise _unknown_key(key)
     node[leaf] = _parse_text(text, _field_types(cls)[leaf])
+
+
+def _parse_json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def _parse_text(text: str, typ: type) -> Any:
@@ -168,10 +193,17 @@ def _parse_text(text: str, typ: type) -> Any:
 
 
 def _from_dict(cls: type, raw: dict, prefix: str) -> Any:
+    if cls is EnvConfig:  # keys other than env_name are keyword arguments for make
+        return EnvConfig(**{k: v for k, v in raw.items() if k == "env_name"},
+                         make_kwargs={k: v for k, v in raw.items() if k != "env_name"})
     for key in raw:
-        if key not in _field_types(cls):
+        if key not in _field_types(cls) or _is_extra(cls, key):
             raise _unknown_key(prefix + key)
     return cls(**raw)
+
+
+def _is_extra(cls: type, name: str) -> bool:
+    return any(f.name == name and f.metadata.get("extra") for f in dataclasses.fields(cls))
 
 
 def _check_fields(obj: Any, prefix: str) -> None:
@@ -194,7 +226,11 @@ def _coerce(name: str, value: Any, typ: type) -> Any:
             return value
         if isinstance(value, dict):
             return _from_dict(typ, value, name + ".")
-        expected = f"an object with keys {', '.join(_field_types(typ))}"
+        expected = f"an object with keys {', '.join(k for k in _field_types(typ) if not _is_extra(typ, k))}"
+    elif typ is dict:
+        if isinstance(value, dict):
+            return value
+        expected = "an object"
     else:
         if typ is int and isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -230,6 +266,8 @@ def _field_types(cls: type) -> dict[str, type]:
 def _leaf_fields(cls: type, prefix: str) -> Iterator[tuple[str, dataclasses.Field]]:
     """(dotted name, field) for every settable key, nested groups flattened."""
     for f in dataclasses.fields(cls):
+        if f.metadata.get("extra"):
+            continue
         if dataclasses.is_dataclass(f.type):
             yield from _leaf_fields(f.type, f"{prefix}{f.name}.")
         else:

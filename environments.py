@@ -1,8 +1,16 @@
-"""The environment protocol the agent-environment loop uses, and its adapters: gymnax and an example grid world.
-Every environment here is pure JAX: reset and step are functions of their arguments, so they jit and vmap."""
+"""The environment protocols the agent-environment loop uses, and their adapters.
 
+JAX environments (gymnax, the example grid world) are pure: reset and step are functions of their arguments,
+so the whole loop jits and vmaps over seeds. Python environments (gymnasium, legacy gym) are objects with
+state of their own, one per seed, stepped on the host between the agent's jitted pieces. The loop sees
+both through a batched interface over the seed axis: `VmappedEnvironments` and `PythonEnvironments`."""
+
+import contextlib
 import difflib
-from typing import Any, NamedTuple, Protocol
+import importlib
+import importlib.util
+import io
+from typing import Any, NamedTuple, Protocol, Sequence
 
 import gymnax
 import jax
@@ -130,12 +138,252 @@ def _make_open_grid(env_name: str) -> OpenGridEnvironment:
 _FAMILIES = {"gymnax_env": GymnaxEnvironment, "open_grid_env": _make_open_grid}
 
 
-def make_environment(environment: str, env_name: str) -> JaxEnvironment:
-    """Builds the environment named by config.environment and config.env_config.env_name.
+def make_environment(environment: str, env_name: str, env_kwargs: dict | None = None):
+    """Builds the environment named by config.environment and config.env_config (env_name plus, for
+    gymnasium and gym, extra keyword arguments for `make`). JAX families return a JaxEnvironment; gymnasium
+    and gym return a PythonEnvironmentFamily that creates one instance per seed.
 
-    Raises ConfigError, with one sentence, for an unknown family or name or a non-discrete action space.
+    Raises ConfigError, with one sentence, for an unknown family or name, extra keys a JAX family does not
+    take, or an action or observation space the agent cannot use.
     """
+    env_kwargs = dict(env_kwargs or {})
+    if environment in _PYTHON_FAMILIES:
+        return PythonEnvironmentFamily(environment, env_name, env_kwargs)
     if environment not in _FAMILIES:
-        valid = ", ".join(f"'{name}'" for name in _FAMILIES)
+        valid = ", ".join(f"'{name}'" for name in [*_FAMILIES, *_PYTHON_FAMILIES])
         raise ConfigError(f"unknown environment '{environment}', choose one of {valid}")
+    if env_kwargs:
+        raise ConfigError(f"environment {environment} takes only env_config.env_name, got the extra key(s) "
+                          f"{', '.join(sorted(env_kwargs))} (extra keys are passed to make by gymnasium_env and gym_env)")
     return _FAMILIES[environment](env_name)
+
+
+def environment_from_config(config):
+    """make_environment for a Config."""
+    return make_environment(config.environment, config.env_config.env_name, config.env_config.make_kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Python environments: gymnasium and legacy gym objects, one per seed.
+
+class PythonEnvironment(Protocol):
+    """One seed's environment, stepped on the host. Observations follow the family's EnvSpec (shape, dtype).
+
+    step auto-resets like the JAX environments: after terminated | truncated it returns the first
+    observation of a new episode, with the reward and flags of the transition that ended. The key arguments
+    are the seed's JAX keys for this reset or step; environments with their own random generator ignore them.
+    """
+
+    def reset(self, key) -> np.ndarray:
+        """Starts a new episode; returns its first observation."""
+
+    def step(self, key, action: int) -> tuple[np.ndarray, float, bool, bool]:
+        """Returns (obs, reward, terminated, truncated)."""
+
+
+_PYTHON_FAMILIES = {"gymnasium_env": "gymnasium", "gym_env": "gym"}
+
+# Packages that register gymnasium ids when imported, by id prefix, and the pip package providing them.
+_ID_PROVIDERS = {"MinAtar/": ("minatar.gym", "minatar"), "ALE/": ("ale_py", "ale-py")}
+
+
+def _import_gym(module: str):
+    """gymnasium, or legacy gym 0.26 without the deprecation banner it prints on import."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return importlib.import_module(module)
+
+
+def _register_provider(gym, env_name: str) -> str | None:
+    """Imports the package that registers env_name's namespace (MinAtar, ALE) if there is one; returns the
+    pip package to name in an error when it is not installed."""
+    for prefix, (module, package) in _ID_PROVIDERS.items():
+        if env_name.startswith(prefix):
+            try:
+                provider = importlib.import_module(module)
+            except ImportError:
+                return package
+            if prefix == "MinAtar/" and env_name not in gym.envs.registry:
+                provider.register_envs()  # minatar.gym registers its ids only when asked
+            return package
+    return None
+
+
+def _unknown_python_id_message(module: str, env_name: str, package: str | None) -> str:
+    gym = _import_gym(module)
+    registered = list(gym.envs.registry)
+    if package and importlib.util.find_spec(package.replace("-", "_")) is None:
+        return f"env_name '{env_name}' is not a registered {module} environment: its ids come from the '{package}' package, install it with pip install {package}"
+    if env_name in gymnax.registered_envs:
+        return f"env_name '{env_name}' is a gymnax id, not a {module} one: set environment to gymnax_env (and jax_env to true)"
+    closest = difflib.get_close_matches(env_name, registered, n=1, cutoff=0.5)
+    suggestion = f" (did you mean '{closest[0]}'?)" if closest else ""
+    return (f"env_name '{env_name}' is not a registered {module} environment{suggestion}; list the valid ids with "
+            f"python -c \"import {module}; print(list({module}.envs.registry))\"")
+
+
+def _observation_spec(space, env_name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of the agent's observations for a gymnasium/gym Box space: vectors (n,) and images
+    (H, W, C) as they are, grayscale (H, W) with a channel axis added; bool and uint8 kept, others float32."""
+    shape = getattr(space, "shape", None)
+    if type(space).__name__ != "Box" or shape is None or len(shape) not in (1, 2, 3):
+        raise ConfigError(f"env_name '{env_name}' has the observation space {space}, but the encoders take a Box "
+                          f"of shape (n,) (vector) or (H, W) / (H, W, C) (image)")
+    dtype = np.dtype(space.dtype)
+    dtype = dtype if dtype in (np.dtype(bool), np.dtype(np.uint8)) else np.dtype(np.float32)
+    return (tuple(shape) + (1,) if len(shape) == 2 else tuple(shape)), dtype
+
+
+class PythonEnvironmentFamily:
+    """A gymnasium or gym id with its `make` keyword arguments: checks it once (registered id, discrete
+    actions, usable observations) and creates one PythonEnvironment per seed with `instance(seed)`."""
+
+    is_python = True
+
+    def __init__(self, environment: str, env_name: str, env_kwargs: dict):
+        self.module, self.env_name, self.env_kwargs = _PYTHON_FAMILIES[environment], env_name, env_kwargs
+        probe = self._make()
+        try:
+            action_space = probe.action_space
+            if type(action_space).__name__ != "Discrete":
+                raise ConfigError(f"env_name '{env_name}' has the action space {action_space}, but only discrete "
+                                  "(Discrete) action spaces are supported")
+            obs_shape, obs_dtype = _observation_spec(probe.observation_space, env_name)
+            self.spec = EnvSpec(obs_shape, obs_dtype, int(action_space.n))
+            self.action_start = int(getattr(action_space, "start", 0))
+        finally:
+            probe.close()
+
+    def _make(self):
+        gym = _import_gym(self.module)
+        package = _register_provider(gym, self.env_name) if self.module == "gymnasium" else None
+        if self.env_name not in gym.envs.registry:
+            raise ConfigError(_unknown_python_id_message(self.module, self.env_name, package))
+        # legacy gym's env checker calls np.bool8, which NumPy 2 removed: it is turned off
+        extra = {"disable_env_checker": True} if self.module == "gym" else {}
+        try:
+            return gym.make(self.env_name, **extra, **self.env_kwargs)
+        except TypeError as error:
+            raise ConfigError(f"{self.module}.make('{self.env_name}') does not accept the env_config keys "
+                              f"{', '.join(sorted(self.env_kwargs))} ({error})") from None
+        except gym.error.Error as error:  # e.g. a missing optional dependency of the env
+            raise ConfigError(f"{self.module}.make('{self.env_name}') failed: {error}") from None
+
+    def instance(self, seed: int) -> "GymEnvironment":
+        return GymEnvironment(self._make(), self.spec, self.action_start, seed)
+
+    def observations(self, count: int) -> np.ndarray:
+        """First observations of `count` episodes (for the binary-state check)."""
+        env = self.instance(0)
+        return np.stack([env.reset(None) for _ in range(count)])
+
+
+class GymEnvironment:
+    """One gymnasium/gym env object with auto-reset. Seeded once from the run's seed at its first reset; its
+    own generator goes on from there, so the key arguments are not used."""
+
+    def __init__(self, env, spec: EnvSpec, action_start: int, seed: int):
+        self.env, self.spec, self.action_start, self.seed = env, spec, action_start, seed
+        if hasattr(env.action_space, "seed"):
+            env.action_space.seed(seed)
+
+    def _obs(self, obs) -> np.ndarray:
+        return np.asarray(obs, dtype=self.spec.obs_dtype).reshape(self.spec.obs_shape)
+
+    def reset(self, key) -> np.ndarray:
+        seed, self.seed = self.seed, None  # seed the first reset only
+        obs, _ = self.env.reset(seed=seed)
+        return self._obs(obs)
+
+    def step(self, key, action: int):
+        obs, reward, terminated, truncated, _ = self.env.step(int(action) + self.action_start)
+        if terminated or truncated:
+            obs = self.reset(None)
+        return self._obs(obs), float(reward), bool(terminated), bool(truncated)
+
+    def close(self):
+        self.env.close()
+
+
+class JaxAsPythonEnvironment:
+    """A JAX environment stepped on the host as a Python object, with the seed's keys: run through the
+    Python drivers it gives the numbers of the jitted loop (the parity test), and it is how jax_env false
+    runs a JAX environment."""
+
+    def __init__(self, env: JaxEnvironment):
+        self.spec = env.spec
+        if not hasattr(env, "_jitted"):  # shared by all seeds' wrappers: compiled once
+            env._jitted = (jax.jit(env.reset), jax.jit(env.step))
+        self._reset, self._step = env._jitted
+        self.env_state = None
+
+    def reset(self, key) -> np.ndarray:
+        self.env_state, obs = self._reset(key)
+        return np.asarray(obs)
+
+    def step(self, key, action: int):
+        self.env_state, obs, reward, terminated, truncated = self._step(key, self.env_state, jnp.int32(action))
+        return np.asarray(obs), float(reward), bool(terminated), bool(truncated)
+
+    def close(self):
+        pass
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop's view: all seeds' environments at once, arrays with a leading seed axis.
+
+class VmappedEnvironments:
+    """A JAX environment vmapped over seeds: traceable, so the whole block compiles."""
+
+    def __init__(self, env: JaxEnvironment):
+        self.spec = env.spec
+        self.reset = jax.vmap(env.reset)
+        self.step = jax.vmap(env.step)
+
+    def reset_shapes(self, keys):
+        return jax.eval_shape(self.reset, keys)
+
+    def close(self):
+        pass
+
+
+class PythonEnvironments:
+    """One PythonEnvironment per seed, stepped in a Python loop; takes and returns host arrays. The env_state
+    the run state holds for them is a placeholder (each env object keeps its own state)."""
+
+    def __init__(self, envs: Sequence[PythonEnvironment]):
+        self.envs, self.spec = list(envs), envs[0].spec
+        self._placeholder = np.zeros(len(self.envs), np.int32)
+        self._needs_keys = any(isinstance(env, JaxAsPythonEnvironment) for env in self.envs)
+
+    def _keys(self, keys):
+        return list(keys) if self._needs_keys else [None] * len(self.envs)
+
+    def reset(self, keys):
+        obs = np.stack([env.reset(key) for env, key in zip(self.envs, self._keys(keys))])
+        return self._placeholder, obs
+
+    def step(self, keys, env_state, actions):
+        actions = np.asarray(actions)
+        outputs = [env.step(key, action) for env, key, action in zip(self.envs, self._keys(keys), actions)]
+        obs, reward, terminated, truncated = zip(*outputs)
+        return (self._placeholder, np.stack(obs), np.asarray(reward, np.float32), np.asarray(terminated, bool),
+                np.asarray(truncated, bool))
+
+    def reset_shapes(self, keys):
+        spec = self.spec
+        return (jax.ShapeDtypeStruct(self._placeholder.shape, np.int32),
+                jax.ShapeDtypeStruct((len(self.envs), *spec.obs_shape), spec.obs_dtype))
+
+    def close(self):
+        for env in self.envs:
+            env.close()
+
+
+def seed_environments(env, seeds: Sequence[int], jax_env: bool):
+    """The loop's environments for these seeds: the JAX env vmapped (jax_env), else one Python object per
+    seed (gymnasium/gym instances seeded from their seed, or the JAX env wrapped as a Python object)."""
+    if jax_env:
+        return VmappedEnvironments(env)
+    if getattr(env, "is_python", False):
+        return PythonEnvironments([env.instance(int(seed)) for seed in seeds])
+    return PythonEnvironments([JaxAsPythonEnvironment(env) for _ in seeds])

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import checkpoint
-from agent_environment_interaction_loop import BlockMetrics, make_block_function
+from agent_environment_interaction_loop import PYTHON_DRIVERS, BlockMetrics, make_block_function
 from config import Config, ConfigError, config_to_dict, load_config
-from environments import make_environment
+from environments import environment_from_config, seed_environments
 from initialization import RunState, check_observations, make_agent
 from tracking import DEFAULT_PROJECT, MODES, Tracker
 
@@ -51,10 +51,36 @@ def build_arg_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def initial_state(config: Config, agent, seed: int) -> RunState:
-    """Stacked initial states of seeds seed, seed+1, ..., each built exactly as a single-seed run would."""
-    keys = jnp.stack([jax.random.PRNGKey(seed + i) for i in range(config.num_seeds)])
-    return jax.jit(jax.vmap(agent.init_state))(keys)
+def _seed_keys(config: Config, seed: int):
+    """(agent keys, env reset keys) of seeds seed, seed+1, ...: seed i's keys depend on seed + i alone."""
+    keys = jax.vmap(jax.random.split)(jnp.stack([jax.random.PRNGKey(seed + i) for i in range(config.num_seeds)]))
+    return keys[:, 0], keys[:, 1]
+
+
+def initial_state(config: Config, agent, envs, seed: int) -> RunState:
+    """Stacked initial states of seeds seed, seed+1, ..., each built exactly as a single-seed run would;
+    resets `envs` (the seeds' environments, see environments.seed_environments)."""
+    agent_keys, env_keys = _seed_keys(config, seed)
+    env_state, obs = envs.reset(env_keys)
+    return jax.jit(jax.vmap(agent.init_state))(agent_keys, env_state, obs)
+
+
+def state_shapes(config: Config, agent, envs) -> RunState:
+    """Shapes and dtypes of initial_state's result, computed without running anything."""
+    agent_keys, env_keys = _seed_keys(config, 0)
+    return jax.eval_shape(jax.vmap(agent.init_state), agent_keys, *envs.reset_shapes(env_keys))
+
+
+def restart_python_episodes(state: RunState, envs, seeds: list[int]) -> RunState:
+    """After a resume with environments stepped in Python: their objects cannot be checkpointed, so each
+    seed starts a fresh episode (seeded from its seed and the step count) and its RSSM carry restarts."""
+    steps = int(state.env_steps[0])
+    for env, seed in zip(envs.envs, seeds):
+        env.seed = int(np.random.SeedSequence([seed, steps]).generate_state(1)[0])
+    env_keys = jax.vmap(jax.random.fold_in, (0, None))(state.key, steps)
+    env_state, obs = envs.reset(env_keys)
+    return state._replace(env_state=jnp.asarray(env_state), obs=jnp.asarray(obs), rssm_h=jnp.zeros_like(state.rssm_h),
+                          episode_return=jnp.zeros_like(state.episode_return))
 
 
 def block_schedule(start_steps: int, num_steps: int, eval_frequency: int) -> list[int]:
@@ -121,16 +147,25 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
     after the current block on SIGINT/SIGTERM. Returns the final state, the completed episodes' returns per
     seed (on resume: the last RETURN_WINDOW before it, then the new ones), and timing figures."""
     agent = make_agent(config, env)
-    state = resume.state if resume else initial_state(config, agent, seed)
+    seeds = [seed + i for i in range(config.num_seeds)]
+    envs = seed_environments(env, seeds, config.jax_env)
+    if resume:
+        state = resume.state if config.jax_env else restart_python_episodes(resume.state, envs, seeds)
+    else:
+        state = initial_state(config, agent, envs, seed)
     all_returns = resume.recent_returns if resume else [[] for _ in range(config.num_seeds)]
     records_written = resume.output_records if resume else 0
 
     block_sizes = block_schedule(int(state.env_steps[0]), config.num_steps, config.eval_frequency)
     compiled, compile_start = {}, time.time()
-    for size in sorted(set(block_sizes)):
-        block = jax.jit(make_block_function(config, agent, env, size), donate_argnums=0)
-        compiled[size] = block.lower(state).compile()
-    compile_s = time.time() - compile_start
+    if config.jax_env:  # one program per block size (at most two), compiled before the run starts
+        for size in sorted(set(block_sizes)):
+            block = jax.jit(make_block_function(config, agent, envs, size), donate_argnums=0)
+            compiled[size] = block.lower(state).compile()
+    else:  # a Python loop whose jitted pieces compile on their first use, once for every block size
+        block = make_block_function(config, agent, envs, config.eval_frequency, PYTHON_DRIVERS)
+        compiled = {size: (lambda state, size=size: block(state, size)) for size in set(block_sizes)}
+    compile_s = time.time() - compile_start if config.jax_env else None
 
     def save():
         checkpoint.save(save_checkpoint, state, {
@@ -171,6 +206,7 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
                     break
     finally:
         bar.close()
+        envs.close()
         if out:
             out.close()
     return {"state": state, "returns": all_returns, "compile_s": compile_s, "run_s": time.time() - run_start}
@@ -178,7 +214,9 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
 
 def print_summary(result: dict, seed: int) -> None:
     steps = int(result["state"].env_steps[0])
-    print(f"compiled in {result['compile_s']:.1f} s, ran {steps} env steps per seed in {result['run_s']:.1f} s "
+    compiled = (f"compiled in {result['compile_s']:.1f} s" if result["compile_s"] is not None
+                else "agent pieces compiled on first use")
+    print(f"{compiled}, ran {steps} env steps per seed in {result['run_s']:.1f} s "
           f"({steps / max(result['run_s'], 1e-9):.0f} steps/s)")
     for i, returns in enumerate(result["returns"]):
         recent = returns[-RETURN_WINDOW:]
@@ -194,7 +232,7 @@ def main(argv: Sequence[str] | None, description: str, single_seed: bool) -> int
         config = load_config(args.config, args.set)
         if single_seed:
             config = replace(config, num_seeds=1)
-        env = make_environment(config.environment, config.env_config.env_name)
+        env = environment_from_config(config)
         check_observations(config, env)
         if args.output and os.path.isdir(args.output):
             raise ConfigError(f"output path {args.output!r} is a directory; -o needs a file name")
@@ -203,7 +241,9 @@ def main(argv: Sequence[str] | None, description: str, single_seed: bool) -> int
         if args.load_checkpoint and not os.path.exists(args.load_checkpoint):
             print(f"warning: checkpoint {args.load_checkpoint!r} does not exist; starting a fresh run", file=sys.stderr)
         elif args.load_checkpoint:
-            expected = jax.eval_shape(lambda: initial_state(config, make_agent(config, env), 0))
+            envs = seed_environments(env, range(config.num_seeds), config.jax_env)
+            expected = state_shapes(config, make_agent(config, env), envs)
+            envs.close()
             resume = checkpoint.prepare_resume(args.load_checkpoint, config_to_dict(config), expected, args.seed,
                                                config.num_steps, args.output)
     except (ConfigError, checkpoint.CheckpointError) as error:

@@ -50,7 +50,7 @@ class RunState(NamedTuple):
 class Agent(NamedTuple):
     """Pure per-seed functions; the loop vmaps them over seeds."""
 
-    init_state: Callable  # key -> RunState
+    init_state: Callable  # (key, env_state, obs) -> RunState, given the env's first reset
     act: Callable  # (params, h [H], obs [*obs], key) -> (action [], z [Z])
     next_h: Callable  # (params, h, z, action, episode_end) -> next h [H], zero after an episode end
     replay_obs: Callable  # obs [*obs] -> the compact frame replay stores
@@ -79,8 +79,11 @@ def check_observations(config: Config, env) -> None:
     Looks at the first observation of a few episodes (cheap, before anything is compiled for training)."""
     if not config.binary_state:
         return
-    _, obs = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(0), 8))
-    if not bool(jnp.all((obs == 0) | (obs == 1))):
+    if getattr(env, "is_python", False):
+        obs = env.observations(8)
+    else:
+        _, obs = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(0), 8))
+    if not bool(np.all((np.asarray(obs) == 0) | (np.asarray(obs) == 1))):
         raise ConfigError(f"binary_state is true but {config.env_config.env_name} observations are not all 0 or 1; "
                           "set binary_state to false for this environment")
 
@@ -92,8 +95,8 @@ def make_agent(config: Config, env) -> Agent:
     optimizers = OptStates(make_optimizer(c, c.model_alpha), make_optimizer(c, c.pi_alpha), make_optimizer(c, c.V_alpha))
     hidden, z_size = c.num_hidden_units, latent_size(c)
 
-    def init_state(key) -> RunState:
-        wm_key, actor_key, critic_key, env_key, run_key = jax.random.split(key, 5)
+    def init_state(key, env_state, first_obs) -> RunState:
+        wm_key, actor_key, critic_key, run_key = jax.random.split(key, 4)
         obs = jnp.zeros(spec.obs_shape, jnp.float32)
         h, z = jnp.zeros(hidden), jnp.zeros(z_size)
         feat = jnp.zeros(hidden + z_size)
@@ -101,7 +104,6 @@ def make_agent(config: Config, env) -> Agent:
         params = Params(wm.init(wm_key, obs, h, z, jnp.int32(0)), actor.init(actor_key, feat), critic_params,
                         critic_params)
         opt_states = OptStates(*(opt.init(p) for opt, p in zip(optimizers, params[:3])))
-        env_state, first_obs = env.reset(env_key)
         return RunState(
             params=params, opt_states=opt_states, env_state=env_state, obs=first_obs, rssm_h=h,
             replay=init_buffer(c.buffer_size, *replay_frame(c, spec)), key=run_key,

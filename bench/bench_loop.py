@@ -23,7 +23,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from agent_environment_interaction_loop import make_block_function  # noqa: E402
 from config import load_config  # noqa: E402
-from environments import make_environment  # noqa: E402
+from environments import environment_from_config, seed_environments  # noqa: E402
 from experiment import initial_state  # noqa: E402
 from initialization import make_agent  # noqa: E402
 
@@ -43,9 +43,10 @@ def bench_seeds(config, env, num_seeds: int, steps: int, repeats: int) -> dict:
     config = dataclasses.replace(config, num_seeds=num_seeds, eval_frequency=steps,
                                  training_start_time=max(config.training_start_time, (repeats + 1) * steps))
     agent = make_agent(config, env)
-    state = initial_state(config, agent, seed=0)
+    envs = seed_environments(env, range(num_seeds), jax_env=True)
+    state = initial_state(config, agent, envs, seed=0)
     start = time.perf_counter()
-    compiled = jax.jit(make_block_function(config, agent, env, steps), donate_argnums=0).lower(state).compile()
+    compiled = jax.jit(make_block_function(config, agent, envs, steps), donate_argnums=0).lower(state).compile()
     compile_s = time.perf_counter() - start
     state, acting_s = time_block(compiled, state, repeats)
     assert int(state.updates[0]) == 0, "acting-only blocks must not train"
@@ -67,7 +68,7 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set)
-    env = make_environment(config.environment, config.env_config.env_name)
+    env = environment_from_config(config)
 
     results = [bench_seeds(config, env, int(n), args.steps, args.repeats) for n in args.seeds.split(",")]
     base = results[0]

@@ -16,7 +16,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from config import load_config  # noqa: E402
-from environments import make_environment  # noqa: E402
+from environments import environment_from_config  # noqa: E402
 from initialization import make_agent  # noqa: E402
 from losses_and_evaluation import actor_critic_losses, imagine, world_model_loss  # noqa: E402
 from networks import latent_size, make_actor_critic, make_world_model  # noqa: E402
@@ -53,12 +53,13 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     c = load_config(args.config, args.set)
-    env = make_environment(c.environment, c.env_config.env_name)
+    env = environment_from_config(c)
     agent = make_agent(c, env)
     wm = make_world_model(c, env.spec.obs_shape, env.spec.num_actions)
     actor, critic = make_actor_critic(c, env.spec.num_actions)
 
-    state = jax.jit(agent.init_state)(jax.random.PRNGKey(0))
+    env_state, obs = jax.jit(env.reset)(jax.random.PRNGKey(1))
+    state = jax.jit(agent.init_state)(jax.random.PRNGKey(0), env_state, obs)
     # Fill the replay with enough random-looking transitions to sample full batches.
     def fill_step(i, buffer, key):
         obs = jax.random.bernoulli(jax.random.fold_in(key, i), 0.1, env.spec.obs_shape)

@@ -144,10 +144,12 @@ def test_top_level_must_be_an_object(tmp_path):
     ({"feature_width": 1}, ["feature_width must be >= 2"]),
     ({"activation": "swish"}, ["activation must be one of elu, relu, silu, gelu, tanh, got 'swish'"]),
     ({"latent_type": "beta"}, ["latent_type must be one of categorical, gaussian"]),
-    ({"environment": "atari"}, ["environment must be one of gymnax_env, open_grid_env"]),
+    ({"environment": "atari"}, ["environment must be one of gymnax_env, open_grid_env, gymnasium_env, gym_env"]),
     ({"buffer_size": 10}, ["buffer_size must be >= sequence_length (50), got 10"]),
     ({"training_start_time": 10}, ["training_start_time must be >= sequence_length (50), got 10"]),
-    ({"jax_env": False}, ["jax_env", "non-JAX environments are not supported yet, set jax_env to true"]),
+    ({"environment": "gymnasium_env"}, ["environment gymnasium_env is not written in JAX, so jax_env must be false"]),
+    ({"env_config": {"env_name": "Catch-bsuite", "max_steps": 3}},
+     ["unknown config key 'env_config.max_steps'", "taken by gymnasium_env and gym_env only"]),
 ])
 def test_file_mistakes_raise_one_sentence_naming_the_key(tmp_path, raw, fragments):
     assert_config_error(lambda: load_config(write_json(tmp_path, raw)), *fragments)
@@ -165,10 +167,20 @@ def test_file_mistakes_raise_one_sentence_naming_the_key(tmp_path, raw, fragment
     ("model_alpha=nan", ["model_alpha must be a finite number, got nan"]),
     ("no_conv=yes", ["no_conv must be a boolean (true or false), got 'yes' (str)"]),
     ("discount=2", ["discount must be in [0, 1], got 2.0"]),
-    ("jax_env=false", ["non-JAX environments are not supported yet"]),
+    ("environment=gym_env", ["environment gym_env is not written in JAX, so jax_env must be false"]),
 ])
 def test_override_mistakes_raise_one_sentence_naming_the_key(override, fragments):
     assert_config_error(lambda: load_config(None, [override]), *fragments)
+
+
+def test_extra_env_config_keys_are_make_keyword_arguments():
+    config = load_config(None, ["environment=gymnasium_env", "jax_env=false", "env_config.env_name=CartPole-v1",
+                                "env_config.max_episode_steps=200", "env_config.sutton_barto_reward=true"])
+    assert config.env_config.make_kwargs == {"max_episode_steps": 200, "sutton_barto_reward": True}
+    assert config_to_dict(config)["env_config"] == {"env_name": "CartPole-v1", "max_episode_steps": 200,
+                                                    "sutton_barto_reward": True}
+    assert load_config(None, [f"{k}={v}" for k, v in [("environment", "gymnasium_env"), ("jax_env", "false")]]
+                       + ["env_config.max_episode_steps=200"]).env_config.make_kwargs == {"max_episode_steps": 200}
 
 
 def test_direct_construction_is_validated_too():

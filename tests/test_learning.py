@@ -5,13 +5,13 @@ import dataclasses
 import numpy as np
 
 from config import load_config
-from environments import make_environment
+from environments import environment_from_config
 from experiment import run
 
 
 def test_quickstart_agent_learns_catch():
     config = dataclasses.replace(load_config("configs/quickstart.json"), num_seeds=1)
-    env = make_environment(config.environment, config.env_config.env_name)
+    env = environment_from_config(config)
     result = run(config, env, seed=0, output=None, progress=False)
     returns = result["returns"][0]
     assert np.mean(returns[:50]) < 0.0  # it starts out no better than random...

@@ -10,7 +10,7 @@ import pytest
 
 from agent_environment_interaction_loop import make_block_function
 from config import load_config
-from environments import make_environment
+from environments import environment_from_config, seed_environments
 from experiment import initial_state, run
 from initialization import make_agent
 
@@ -26,11 +26,12 @@ def _leaves_equal(a, b) -> bool:
 
 def test_debug_run_trains_only_after_training_start(debug_config):
     config = dataclasses.replace(debug_config, num_seeds=2)
-    env = make_environment(config.environment, config.env_config.env_name)
+    env = environment_from_config(config)
     agent = make_agent(config, env)
-    state = initial_state(config, agent, seed=0)
+    envs = seed_environments(env, range(2), jax_env=True)
+    state = initial_state(config, agent, envs, seed=0)
     initial_params = jax.device_get(state.params)
-    block = jax.jit(make_block_function(config, agent, env, config.training_start_time))
+    block = jax.jit(make_block_function(config, agent, envs, config.training_start_time))
     state, metrics = block(state)
     # Acting only: nothing trained, params bit-identical, the replay filled.
     assert int(state.updates[0]) == 0 and not np.asarray(metrics.trained).any()
@@ -52,10 +53,11 @@ def test_debug_run_trains_only_after_training_start(debug_config):
 def test_training_cond_is_not_batched(debug_config):
     # Under vmap a batched predicate would turn `cond` into a `select` that computes the update every step.
     config = dataclasses.replace(debug_config, num_seeds=3)
-    env = make_environment(config.environment, config.env_config.env_name)
+    env = environment_from_config(config)
     agent = make_agent(config, env)
-    state = initial_state(config, agent, seed=0)
-    jaxpr = jax.make_jaxpr(make_block_function(config, agent, env, 4))(state)
+    envs = seed_environments(env, range(3), jax_env=True)
+    state = initial_state(config, agent, envs, seed=0)
+    jaxpr = jax.make_jaxpr(make_block_function(config, agent, envs, 4))(state)
     scan = next(e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan")
     conds = [e for e in scan.params["jaxpr"].jaxpr.eqns if e.primitive.name == "cond"]
     assert len(conds) == 2  # training and target refresh
@@ -79,8 +81,9 @@ def test_seed_i_of_multiseed_run_equals_single_seed_run(debug_config):
 def test_initial_params_of_seed_i_match_single_seed(debug_config):
     env = _env(debug_config)
     agent = make_agent(debug_config, env)
-    multi = initial_state(dataclasses.replace(debug_config, num_seeds=3), agent, seed=0)
-    single = initial_state(dataclasses.replace(debug_config, num_seeds=1), agent, seed=2)
+    envs = seed_environments(env, range(3), jax_env=True)
+    multi = initial_state(dataclasses.replace(debug_config, num_seeds=3), agent, envs, seed=0)
+    single = initial_state(dataclasses.replace(debug_config, num_seeds=1), agent, envs, seed=2)
     for multi_leaf, single_leaf in zip(jax.tree.leaves(multi.params), jax.tree.leaves(single.params)):
         np.testing.assert_array_equal(multi_leaf[2], single_leaf[0])
     weights = next(leaf for leaf in jax.tree.leaves(multi.params) if leaf.ndim == 3)  # [seeds, in, out]
@@ -95,4 +98,4 @@ def test_same_seed_gives_same_numbers(debug_config):
 
 
 def _env(config):
-    return make_environment(config.environment, config.env_config.env_name)
+    return environment_from_config(config)
