@@ -199,3 +199,16 @@ def test_refusals_exit_2_with_one_sentence(args, fragments, capsys, tmp_path):
 def test_extra_keys_for_a_jax_family_are_refused():
     with pytest.raises(ConfigError, match="takes only env_config.env_name"):
         make_environment("gymnax_env", "Catch-bsuite", {"max_steps": 3})
+
+
+def test_gymnasium_run_resumes_from_a_checkpoint(tmp_path, capsys):
+    ckpt, out = tmp_path / "run.ckpt", tmp_path / "run.out"
+    common = ["-c", "configs/cartpole.json", "-o", str(out), "--save_checkpoint", str(ckpt), "--wandb", "disabled",
+              "--no_progress", "--set", "eval_frequency=100", "--set", "training_start_time=100",
+              "--set", "train_frequency=20"]
+    assert main(common + ["--set", "num_steps=200"], "test", single_seed=True) == 0
+    assert main(common + ["--set", "num_steps=300", "--load_checkpoint", str(ckpt)], "test", single_seed=True) == 0
+    records = _records(out)
+    assert [r["env_steps"] for r in records] == [100, 200, 300]
+    assert [r["updates"] for r in records] == [0, 5, 10]  # training went on from the checkpoint's state
+    assert "resuming from env step 200" in capsys.readouterr().out
