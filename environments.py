@@ -202,7 +202,7 @@ def _register_provider(gym, env_name: str) -> str | None:
                 provider = importlib.import_module(module)
             except ImportError:
                 return package
-            if prefix == "MinAtar/" and env_name not in gym.envs.registry:
+            if prefix == "MinAtar/" and not any(name.startswith(prefix) for name in gym.envs.registry):
                 provider.register_envs()  # minatar.gym registers its ids only when asked
             return package
     return None

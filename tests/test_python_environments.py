@@ -73,8 +73,12 @@ def test_python_pieces_compile_once(debug_config):
     assert {name: piece._cache_size() for name, piece in block.pieces.items()} == sizes
 
 
+SMALL = ["num_hidden_units=32", "num_hidden_layers=1", "num_features=4", "feature_width=4", "batch_size=4",
+         "sequence_length=8", "rollout_length=4"]  # the debug config's sizes: quick to compile
+
+
 def _cartpole_config(**changes):
-    config = load_config("configs/cartpole.json", ["num_steps=300", "training_start_time=300"])
+    config = load_config("configs/cartpole.json", ["num_steps=300", "training_start_time=300"] + SMALL)
     return dataclasses.replace(config, **changes)
 
 
@@ -128,7 +132,7 @@ def test_minatar_gymnasium_ids_give_binary_frames():
 def test_minatar_gymnasium_run_stores_packed_frames(tmp_path):
     config = load_config("configs/debug.json", [
         "environment=gymnasium_env", "jax_env=false", "env_config.env_name=MinAtar/Breakout-v1",
-        "num_steps=120", "no_conv=false", "binary_state=true"])
+        "num_steps=120", "binary_state=true"])
     result = run(config, environment_from_config(config), seed=0, output=None, progress=False)
     assert int(result["state"].updates[0]) == 2
     assert result["state"].replay.obs.dtype == np.uint8 and result["state"].replay.obs.shape[-1] == 50  # 10x10x4 bits
@@ -205,7 +209,7 @@ def test_gymnasium_run_resumes_from_a_checkpoint(tmp_path, capsys):
     ckpt, out = tmp_path / "run.ckpt", tmp_path / "run.out"
     common = ["-c", "configs/cartpole.json", "-o", str(out), "--save_checkpoint", str(ckpt), "--wandb", "disabled",
               "--no_progress", "--set", "eval_frequency=100", "--set", "training_start_time=100",
-              "--set", "train_frequency=20"]
+              "--set", "train_frequency=20"] + [a for arg in SMALL for a in ("--set", arg)]
     assert main(common + ["--set", "num_steps=200"], "test", single_seed=True) == 0
     assert main(common + ["--set", "num_steps=300", "--load_checkpoint", str(ckpt)], "test", single_seed=True) == 0
     records = _records(out)
