@@ -1,4 +1,5 @@
-"""Learning test: the quickstart agent learns Catch far above a random policy (random scores about -0.6)."""
+"""Learning tests: the quickstart agent learns Catch (random scores about -0.6), and the CartPole agent learns
+gymnasium CartPole-v1 through the Python path (random scores about 22), far above a random policy."""
 
 import dataclasses
 
@@ -16,3 +17,13 @@ def test_quickstart_agent_learns_catch():
     returns = result["returns"][0]
     assert np.mean(returns[:50]) < 0.0  # it starts out no better than random...
     assert np.mean(returns[-50:]) >= 0.8  # ...and ends up catching nearly every ball
+
+
+def test_cartpole_agent_learns_through_gymnasium():
+    # The Python path: gymnasium CartPole-v1 objects stepped between the agent's jitted pieces. A random
+    # policy scores about 22; seeds 0-3 of this config reach 200-300 by 10,000 env steps.
+    config = load_config("configs/cartpole.json")
+    result = run(config, environment_from_config(config), seed=0, output=None, progress=False)
+    returns = result["returns"][0]
+    assert np.mean(returns[:20]) < 40
+    assert np.mean(returns[-20:]) >= 100
