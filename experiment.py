@@ -22,6 +22,7 @@ from initialization import RunState, check_observations, make_agent
 from tracking import DEFAULT_PROJECT, MODES, Tracker
 
 RETURN_WINDOW = 50  # episodes in the final per-seed summary
+DIAGNOSTICS_KEY_TAG = 0xD1A6  # folded into each seed's PRNGKey(seed) to draw the diagnostic sequences
 
 
 def build_arg_parser(description: str) -> argparse.ArgumentParser:
@@ -130,6 +131,11 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
     for size in sorted(set(block_sizes)):
         block = jax.jit(make_block_function(config, agent, env, size), donate_argnums=0)
         compiled[size] = block.lower(state).compile()
+    # Model diagnostics once per block after training starts, on sequences drawn with a fixed key per seed
+    # (the run's key is not touched, so diagnostics never change the run).
+    diag_keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(seed + i), DIAGNOSTICS_KEY_TAG)
+                           for i in range(config.num_seeds)])
+    diagnose = jax.jit(jax.vmap(agent.diagnose)).lower(state.params, state.replay, diag_keys).compile()
     compile_s = time.time() - compile_start
 
     def save():
@@ -151,6 +157,11 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
                 state, metrics = compiled[size](state)
                 jax.block_until_ready(state)
                 records, returns = block_records(metrics, state, seed, time.time() - block_start, size)
+                if int(state.updates[0]) > 0:
+                    diag = jax.device_get(diagnose(state.params, state.replay, diag_keys))
+                    for i, record in enumerate(records):  # NaN: nothing to measure (e.g. no terminal step)
+                        record.update({f"diag_{name}": float(value[i]) if np.isfinite(value[i]) else None
+                                       for name, value in diag.items()})
                 for i, seed_returns in enumerate(returns):
                     all_returns[i].extend(seed_returns)
                 if out:
