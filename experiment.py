@@ -22,6 +22,7 @@ from initialization import RunState, check_observations, make_agent
 from tracking import DEFAULT_PROJECT, MODES, Tracker
 
 RETURN_WINDOW = 50  # episodes in the final per-seed summary
+DIAGNOSTICS_KEY_TAG = 0xD1A6  # folded into each seed's PRNGKey(seed) to draw the diagnostic sequences
 
 
 def build_arg_parser(description: str) -> argparse.ArgumentParser:
@@ -165,6 +166,11 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
     else:  # a Python loop whose jitted pieces compile on their first use, once for every block size
         block = make_block_function(config, agent, envs, config.eval_frequency, PYTHON_DRIVERS)
         compiled = {size: (lambda state, size=size: block(state, size)) for size in set(block_sizes)}
+    # Model diagnostics once per block after training starts, on sequences drawn with a fixed key per seed
+    # (the run's key is not touched, so diagnostics never change the run).
+    diag_keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(seed + i), DIAGNOSTICS_KEY_TAG)
+                           for i in range(config.num_seeds)])
+    diagnose = jax.jit(jax.vmap(agent.diagnose))  # compiled at its first use: runs that never train skip it
     compile_s = time.time() - compile_start if config.jax_env else None
 
     def save():
@@ -186,6 +192,11 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
                 state, metrics = compiled[size](state)
                 jax.block_until_ready(state)
                 records, returns = block_records(metrics, state, seed, time.time() - block_start, size)
+                if int(state.updates[0]) > 0:
+                    diag = jax.device_get(diagnose(state.params, state.replay, diag_keys))
+                    for i, record in enumerate(records):  # NaN: nothing to measure (e.g. no terminal step)
+                        record.update({f"diag_{name}": float(value[i]) if np.isfinite(value[i]) else None
+                                       for name, value in diag.items()})
                 for i, seed_returns in enumerate(returns):
                     all_returns[i].extend(seed_returns)
                 if out:

@@ -12,6 +12,7 @@ import optax
 from config import Config, ConfigError
 from environments import EnvSpec
 from losses_and_evaluation import actor_critic_losses, imagine, observe_step, world_model_loss
+from losses_and_evaluation import DIAGNOSTIC_SEQUENCES, model_diagnostics
 from networks import latent_size, make_actor_critic, make_world_model
 from replay_buffer import ReplayBuffer, init_buffer, pack_frame, sample_sequences, unpack_frames
 
@@ -56,6 +57,7 @@ class Agent(NamedTuple):
     replay_obs: Callable  # obs [*obs] -> the compact frame replay stores
     train_update: Callable  # RunState -> (RunState, metrics dict of scalars)
     update_target: Callable  # RunState -> RunState with the target critic refreshed
+    diagnose: Callable  # (params, replay, key) -> dict of scalars: model diagnostics on a few replayed sequences
 
 
 def make_optimizer(config: Config, learning_rate: float) -> optax.GradientTransformation:
@@ -161,4 +163,12 @@ def make_agent(config: Config, env) -> Agent:
     def update_target(state: RunState) -> RunState:
         return state._replace(params=state.params._replace(target_critic=state.params.critic))
 
-    return Agent(init_state, act, next_h, replay_obs, train_update, update_target)
+    def diagnose(params: Params, replay: ReplayBuffer, key):
+        # Needs a sampleable buffer (true once training has started); NaN marks a statistic with no data.
+        sample_key, model_key = jax.random.split(key)
+        batch = sample_sequences(replay, sample_key, DIAGNOSTIC_SEQUENCES, c.sequence_length, c.maximize_nonterminal)
+        if c.binary_state:
+            batch = batch._replace(obs=unpack_frames(batch.obs, spec.obs_shape))
+        return model_diagnostics(c, wm, params.world_model, actor.apply, params.actor, batch, model_key)
+
+    return Agent(init_state, act, next_h, replay_obs, train_update, update_target, diagnose)

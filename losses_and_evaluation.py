@@ -1,6 +1,7 @@
 """Losses of DreamerV2: the world-model loss over replayed sequences (observation, reward and termination
 likelihoods, KL balancing, posterior entropy bonus) and the actor-critic losses on imagined rollouts."""
 
+import dataclasses
 from typing import Callable, NamedTuple
 
 import jax
@@ -171,3 +172,125 @@ def actor_critic_losses(config: Config, actor_apply, critic_apply, actor_params,
     metrics = {"actor_loss": actor_loss, "critic_loss": critic_loss, "actor_entropy": jnp.mean(entropy),
                "imagined_return": jnp.mean(returns[0]), "imagined_value": jnp.mean(values)}
     return actor_loss, critic_loss, metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Model diagnostics: how well the world model fits a few replayed sequences, once per logged block.
+
+DIAGNOSTIC_SEQUENCES = 8  # replayed sequences the diagnostics look at per seed and block
+
+
+def observe_sequence(config: Config, wm: WorldModel, wm_params, obs, action, episode_end, key):
+    """Posterior pass over sequences obs [B, T, *obs] (float), action/episode_end [B, T], with the same carry
+    rule as world_model_loss (zero after an episode end). Returns, each [B, T, ...]: h (state the posterior
+    saw), z (posterior sample), next_h (transition(h, z, a): what the reward and termination heads read),
+    prior and posterior latent parameters."""
+    embed = wm.embed(wm_params, obs)  # [B, T, E]
+    h0 = jnp.zeros((action.shape[0], config.num_hidden_units), jnp.float32)
+
+    def step(h, inputs):
+        embed_t, action_t, end_t, key_t = inputs
+        prior = wm.prior(wm_params, h)
+        z, posterior = observe_step(config, wm, wm_params, h, embed_t, key_t)
+        next_h = wm.transition(wm_params, h, z, action_t)
+        return jnp.where(end_t[:, None], 0.0, next_h), (h, z, next_h, prior, posterior)
+
+    time_major = lambda x: jnp.swapaxes(x, 0, 1)
+    keys = jax.random.split(key, action.shape[1])
+    _, outs = jax.lax.scan(step, h0, (time_major(embed), time_major(action), time_major(episode_end), keys))
+    return jax.tree.map(time_major, outs)
+
+
+def masked_mean(values, mask):
+    """Mean of `values` where `mask` holds; NaN when it holds nowhere (the caller reports that as missing)."""
+    mask = jnp.broadcast_to(mask, values.shape).astype(jnp.float32)
+    total = jnp.sum(mask)
+    return jnp.where(total > 0, jnp.sum(values * mask) / jnp.maximum(total, 1.0), jnp.nan)
+
+
+def through_first_episode_end(episode_end):
+    """[K, ...] bool (time-major) -> [K, ...] float: 1 up to and including the first episode end, 0 after."""
+    ends = episode_end.astype(jnp.int32)
+    return (jnp.cumsum(ends, 0) - ends == 0).astype(jnp.float32)
+
+
+def continuation_weights(cont):
+    """[K, ...] predicted continue probabilities of transitions k -> k+1 -> [K, ...] probability that the
+    imagined episode is still running when transition k starts (1 for k = 0)."""
+    return jnp.cumprod(jnp.concatenate([jnp.ones_like(cont[:1]), cont[:-1]], 0), 0)
+
+
+def discounted_sum(rewards, weights, discount: float):
+    """sum_k discount^k * weights_k * rewards_k over the leading (time) axis of [K, ...]."""
+    powers = discount ** jnp.arange(rewards.shape[0], dtype=jnp.float32)
+    return jnp.sum(powers.reshape(-1, *([1] * (rewards.ndim - 1))) * weights * rewards, 0)
+
+
+def model_diagnostics(config: Config, wm: WorldModel, wm_params, actor_apply: Callable, actor_params, batch, key):
+    """Scalar diagnostics of the world model on replayed sequences (batch as in world_model_loss, obs unpacked).
+
+    Per-step statistics use every step: the carry restarts after an episode end, so steps after a boundary
+    are the first steps of the next episode, and the reward / termination heads of step t predict r_t and
+    d_t of the transition a_t (never across the boundary). Returns are compared on the last
+    H = min(rollout_length, T) steps of each sequence, starting from the posterior at step T - H (the steps
+    before it warm the carry up): `real_return` sums the replayed rewards up to and including the first
+    episode end in the window; `imagined_return` rolls the prior forward with the actor, weighting each
+    predicted reward by the predicted probability that the episode still runs (cut at the same step when
+    the real episode was truncated, since the model cannot know the time limit); `open_loop_return` does
+    the same with the replayed actions, cut at the first episode end, so its error is model error alone.
+    Masked statistics with nothing to average over (no terminal step, no nonzero reward) are NaN."""
+    c = config
+    observe_key, actor_key, open_loop_key = jax.random.split(key, 3)
+    obs = batch.obs.astype(jnp.float32)  # [B, T, *obs]
+    batch_size, seq_len = batch.action.shape
+    episode_end = batch.terminated | batch.truncated
+    h, z, next_h, prior, posterior = observe_sequence(c, wm, wm_params, obs, batch.action, episode_end, observe_key)
+
+    stats = {}
+    obs_pred = wm.decode(wm_params, jnp.concatenate([h, z], -1))  # [B, T, *obs] logits or means
+    if c.binary_state:
+        stats["observation_bit_error"] = jnp.mean(((obs_pred > 0) != (obs > 0.5)).astype(jnp.float32))
+    else:
+        stats["observation_mse"] = jnp.mean((obs_pred - obs) ** 2)
+    reward_error = wm.reward(wm_params, next_h)[..., 0] - batch.reward  # [B, T]
+    stats["reward_mse"] = jnp.mean(reward_error**2)
+    stats["reward_mse_nonzero"] = masked_mean(reward_error**2, batch.reward != 0)
+    stats["reward_accuracy"] = jnp.mean((jnp.abs(reward_error) < 0.5).astype(jnp.float32))
+    termination_correct = ((wm.termination(wm_params, next_h) > 0) == batch.terminated).astype(jnp.float32)
+    stats["termination_accuracy"] = jnp.mean(termination_correct)
+    stats["termination_accuracy_terminal"] = masked_mean(termination_correct, batch.terminated)
+    stats["kl"] = jnp.mean(latent_kl(c, posterior, prior))
+    stats["posterior_entropy"] = jnp.mean(latent_entropy(c, posterior))
+
+    horizon = min(c.rollout_length, seq_len)
+    start = seq_len - horizon
+    window = lambda x: jnp.swapaxes(x[:, start:], 0, 1)  # [B, T, ...] -> [H, B, ...]
+    terminated, truncated, reward = window(batch.terminated), window(batch.truncated), window(batch.reward)
+    real_steps = through_first_episode_end(terminated | truncated)  # [H, B]
+    ends_truncated = jnp.sum(real_steps * (truncated & ~terminated), 0) > 0  # [B] first end is a time limit
+    real_return = discounted_sum(reward, real_steps, c.discount)  # [B]
+
+    start_h, start_z = h[:, start], z[:, start]
+    horizon_config = c if horizon == c.rollout_length else dataclasses.replace(c, rollout_length=horizon)
+    rollout = imagine(horizon_config, wm, wm_params, actor_apply, actor_params, start_h, start_z, actor_key)
+    imagined_steps = jnp.where(ends_truncated[None], real_steps, 1.0)
+    imagined_return = discounted_sum(rollout.reward, continuation_weights(rollout.cont) * imagined_steps, c.discount)
+
+    def open_loop_step(carry, inputs):
+        action, key_t = inputs
+        next_h_t, next_z_t, _ = imagine_step(c, wm, wm_params, *carry, action, key_t)
+        outs = wm.reward(wm_params, next_h_t)[..., 0], jax.nn.sigmoid(-wm.termination(wm_params, next_h_t))
+        return (next_h_t, next_z_t), outs
+
+    open_loop_inputs = (window(batch.action), jax.random.split(open_loop_key, horizon))
+    _, (open_loop_reward, open_loop_cont) = jax.lax.scan(open_loop_step, (start_h, start_z), open_loop_inputs)
+    open_loop_return = discounted_sum(open_loop_reward, continuation_weights(open_loop_cont) * real_steps, c.discount)
+
+    stats.update({
+        "real_return": jnp.mean(real_return),
+        "imagined_return": jnp.mean(imagined_return),
+        "imagined_return_error": jnp.mean(imagined_return - real_return),
+        "open_loop_return": jnp.mean(open_loop_return),
+        "open_loop_return_abs_error": jnp.mean(jnp.abs(open_loop_return - real_return)),
+    })
+    return stats

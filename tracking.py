@@ -4,7 +4,9 @@ A `Tracker` opens one wandb run per seed of an invocation. The runs share a `gro
 wandb UI shows the seeds of one invocation as one comparison; each run is named
 `f"{group}-seed{seed}"` and carries the full config plus `seed`, `num_seeds` and `env_name`.
 Per block, `log_block` takes the records that the runner writes to its JSON-lines output (one
-per seed) and logs their numeric fields against `env_steps`.
+per seed) and logs their numeric fields against `env_steps`, which is also the wandb step. A
+resumed run (`run_ids` from a checkpoint) continues each seed's run: its steps continue those
+of the first part, and a record at or below the last logged env_steps is skipped.
 
 Tracking is best effort and never stops training:
 - mode "offline" (the default, unless WANDB_MODE is set) writes runs under `directory/wandb/`
@@ -98,6 +100,16 @@ def numeric_metrics(record: Mapping[str, Any]) -> dict[str, float | int]:
     return out
 
 
+def _last_env_steps(run: Any) -> int | None:
+    """The last env_steps a resumed run logged, from its summary: known online, None offline (wandb cannot
+    see an offline run's earlier part)."""
+    try:
+        last = run.summary.get("env_steps")
+    except Exception:  # noqa: BLE001 - only an optimisation, never a reason to stop tracking
+        return None
+    return last if isinstance(last, int) and not isinstance(last, bool) else None
+
+
 class Tracker:
     """One wandb run per seed of one invocation, all in this process, grouped under `group`.
 
@@ -144,6 +156,7 @@ class Tracker:
         self.sync_dirs: list[str] = []
         self.mode = mode
         self._runs: list[Any] = []
+        self._logged_up_to: list[int | None] = [None] * len(self.seeds)  # last env_steps logged, per run
         self._warned = False
         if mode == "disabled":
             return
@@ -198,6 +211,7 @@ class Tracker:
             run.define_metric("*", step_metric="env_steps")
             self._runs.append(run)
             self.run_ids[index] = run.id
+            self._logged_up_to[index] = _last_env_steps(run) if kwargs else None
             if self.mode == "offline":
                 self.sync_dirs.append(run.settings.sync_dir)
         if self.mode == "offline" and self.sync_dirs:
@@ -218,17 +232,34 @@ class Tracker:
                 if index >= len(self._runs):
                     continue
                 metrics = numeric_metrics(record)
-                if metrics:
-                    self._runs[index].log(metrics)
+                step = int(metrics["env_steps"]) if "env_steps" in metrics else None
+                last = self._logged_up_to[index]
+                if not metrics or (step is not None and last is not None and step <= last):
+                    continue  # nothing to log, or already in this run (a resume re-ran blocks logged after
+                    # its checkpoint, say before a crash)
+                # The wandb step is env_steps, so it is the same in every part of a resumed run (an offline
+                # resume restarts wandb's own counter at 0) and a block logged twice has one step.
+                self._runs[index].log(metrics, step=step)
+                self._logged_up_to[index] = step if step is not None else last
         except Exception as error:  # noqa: BLE001
             self._fail(error)
 
     def finish(self) -> None:
-        """Close every run (flushes offline files); safe to call twice."""
+        """Close every run and wait until wandb has written them out; safe to call twice."""
         runs, self._runs = self._runs, []
         for run in runs:
             try:
                 run.finish()
+            except Exception as error:  # noqa: BLE001
+                self._fail(error)
+        if runs:
+            try:
+                # run.finish() can return before wandb's service process has written the last run's file
+                # (seen with wandb 0.31: the offline file of the last run held only its header); teardown
+                # waits for the service, so the files are complete when this returns.
+                import wandb
+
+                wandb.teardown()
             except Exception as error:  # noqa: BLE001
                 self._fail(error)
 

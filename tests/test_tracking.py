@@ -217,3 +217,54 @@ def test_online_without_network_falls_back_to_offline(wandb_env, monkeypatch, ca
     assert tracker.mode == "offline"
     assert "cannot reach the wandb server" in capsys.readouterr().err
     assert len(_run_files(wandb_env)) == 1
+
+
+def test_resumed_run_continues_each_seeds_wandb_run_without_duplicate_steps(wandb_env):
+    """2 seeds offline, stopped by SIGTERM after a checkpoint, then resumed: each seed's second part logs into
+    the same run id, and env_steps (also the wandb step) go on strictly increasing, every block once."""
+    import signal
+
+    import checkpoint
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ckpt = wandb_env / "run.ckpt"
+    command = [sys.executable, os.path.join(root, "dreamer_multiseed.py"), "-c",
+               os.path.join(root, "configs", "debug.json"), "--set", "num_seeds=2", "--set", "checkpoint_frequency=50",
+               "--wandb", "offline", "-g", "grp", "-o", "run.out", "--save_checkpoint", str(ckpt), "--no_progress"]
+    # The second part reuses the first part's compiled programs through JAX's persistent cache.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(wandb_env / "jax_cache")}
+    first = subprocess.Popen(command, cwd=wandb_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**env, checkpoint.TEST_SLEEP_ENV: "1.0"})
+    try:
+        deadline = time.time() + 300
+        while not ckpt.exists() and first.poll() is None:
+            assert time.time() < deadline, "timed out"
+            time.sleep(0.01)
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 0, stderr
+    stopped = checkpoint.read_header(str(ckpt))
+    assert 50 <= stopped["env_steps"] < 200
+    run_ids = stopped["wandb"]["run_ids"]
+    assert len(set(run_ids)) == 2 and stopped["wandb"]["group"] == "grp"
+
+    second = subprocess.run([*command, "--load_checkpoint", str(ckpt)], cwd=wandb_env, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert checkpoint.read_header(str(ckpt))["wandb"]["run_ids"] == run_ids
+
+    parts = {}  # run id -> its offline runs, in start order (folder names start with the start time)
+    for path in _run_files(wandb_env):
+        run = read_offline_run(path)
+        parts.setdefault(run.run_id, []).append(run)
+    assert sorted(parts) == sorted(run_ids)
+    for seed, run_id in enumerate(run_ids):
+        assert len(parts[run_id]) == 2
+        assert all(run.name == f"grp-seed{seed}" and run.group == "grp" for run in parts[run_id])
+        history = [row for run in parts[run_id] for row in run.history]
+        assert [row["env_steps"] for row in history] == [50, 100, 150, 200]
+        assert all(row["_step"] == row["env_steps"] for row in history)
+        assert parts[run_id][0].history[-1]["env_steps"] == stopped["env_steps"]
+        assert "diag_kl" in history[-1]  # model diagnostics reach wandb once training has started

@@ -1,0 +1,119 @@
+"""Times the per-block logging path against the block it follows and prints one JSON object.
+
+After each training block: host-side records (`block_records`), model diagnostics (the jitted, vmapped
+`agent.diagnose` plus fetching and merging its scalars), writing the JSON lines, and wandb logging (offline,
+into a temporary folder). Overheads are given as % of the block's time, as measured with `--steps` env steps
+per block and extrapolated to the config's `eval_frequency` (logging costs the same per block, the block
+grows with its steps).
+
+    python3 bench/bench_logging.py -c configs/quickstart.json
+    python3 bench/bench_logging.py -c config.json --seeds 1 --steps 50
+"""
+
+import argparse
+import dataclasses
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from agent_environment_interaction_loop import make_block_function  # noqa: E402
+from config import config_to_dict, load_config  # noqa: E402
+from environments import make_environment  # noqa: E402
+from experiment import DIAGNOSTICS_KEY_TAG, block_records, initial_state  # noqa: E402
+from initialization import make_agent  # noqa: E402
+from tracking import Tracker  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", default="configs/quickstart.json")
+    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the config's)")
+    parser.add_argument("--steps", type=int, default=None, help="env steps per timed block (default eval_frequency)")
+    parser.add_argument("--blocks", type=int, default=3, help="timed training blocks (medians are reported)")
+    parser.add_argument("--wandb", default="offline", choices=("offline", "disabled"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, args.set)
+    eval_frequency = config.eval_frequency
+    steps = args.steps or eval_frequency
+    num_seeds = args.seeds or config.num_seeds
+    # The first block only acts (fills replay); then the shared step counter jumps past training_start_time.
+    config = dataclasses.replace(config, num_seeds=num_seeds, eval_frequency=steps,
+                                 training_start_time=max(config.training_start_time, 2 * steps, config.sequence_length))
+    env = make_environment(config.environment, config.env_config.env_name)
+    agent = make_agent(config, env)
+    state = initial_state(config, agent, seed=0)
+
+    start = time.perf_counter()
+    block = jax.jit(make_block_function(config, agent, env, steps), donate_argnums=0).lower(state).compile()
+    block_compile_s = time.perf_counter() - start
+    keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(i), DIAGNOSTICS_KEY_TAG) for i in range(num_seeds)])
+    start = time.perf_counter()
+    diagnose = jax.jit(jax.vmap(agent.diagnose)).lower(state.params, state.replay, keys).compile()
+    diagnose_compile_s = time.perf_counter() - start
+
+    state, _ = block(state)
+    state = state._replace(env_steps=jnp.full_like(state.env_steps, config.training_start_time))
+    folder = tempfile.mkdtemp(prefix="bench_logging_")
+    tracker = Tracker(config_to_dict(config), list(range(num_seeds)), "bench", mode=args.wandb, directory=folder)
+    out = io.BytesIO()
+    times = {name: [] for name in ("block", "records", "diagnostics", "write", "wandb")}
+    for _ in range(args.blocks):
+        start = time.perf_counter()
+        state, metrics = block(state)
+        jax.block_until_ready(state)
+        times["block"].append(time.perf_counter() - start)
+        assert int(state.updates[0]) > 0
+        start = time.perf_counter()
+        records, _ = block_records(metrics, state, 0, times["block"][-1], steps)
+        times["records"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        diag = jax.device_get(diagnose(state.params, state.replay, keys))
+        for i, record in enumerate(records):
+            record.update({f"diag_{name}": float(value[i]) if np.isfinite(value[i]) else None
+                           for name, value in diag.items()})
+        times["diagnostics"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        out.writelines((json.dumps(r) + "\n").encode() for r in records)
+        out.flush()
+        times["write"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        tracker.log_block(records)
+        times["wandb"].append(time.perf_counter() - start)
+    tracker.finish()
+
+    median = {name: statistics.median(values) for name, values in times.items()}
+    logging_s = sum(v for name, v in median.items() if name != "block")
+    block_at_eval = median["block"] / steps * eval_frequency
+
+    def pct(seconds, block_s):
+        return round(100 * seconds / block_s, 3)
+
+    print(json.dumps({
+        "config": args.config, "overrides": args.set, "env": config.env_config.env_name, "seeds": num_seeds,
+        "steps_per_timed_block": steps, "eval_frequency": eval_frequency, "wandb": args.wandb,
+        "median_s": median, "all_s": times,
+        "overhead_pct_of_timed_block": {"diagnostics": pct(median["diagnostics"], median["block"]),
+                                        "logging_total": pct(logging_s, median["block"])},
+        "overhead_pct_of_eval_frequency_block": {"diagnostics": pct(median["diagnostics"], block_at_eval),
+                                                 "logging_total": pct(logging_s, block_at_eval)},
+        "block_compile_s": block_compile_s, "diagnose_compile_s": diagnose_compile_s,
+        "diag_keys": sorted(diag),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "devices": [str(d) for d in jax.devices()], "jax": jax.__version__},
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
