@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from agent_environment_interaction_loop import make_block_function  # noqa: E402
 from config import config_to_dict, load_config  # noqa: E402
-from environments import make_environment  # noqa: E402
+from environments import environment_from_config, seed_environments  # noqa: E402
 from experiment import DIAGNOSTICS_KEY_TAG, block_records, initial_state  # noqa: E402
 from initialization import make_agent  # noqa: E402
 from tracking import Tracker  # noqa: E402
@@ -51,12 +51,13 @@ def main(argv=None):
     # The first block only acts (fills replay); then the shared step counter jumps past training_start_time.
     config = dataclasses.replace(config, num_seeds=num_seeds, eval_frequency=steps,
                                  training_start_time=max(config.training_start_time, 2 * steps, config.sequence_length))
-    env = make_environment(config.environment, config.env_config.env_name)
+    env = environment_from_config(config)
     agent = make_agent(config, env)
-    state = initial_state(config, agent, seed=0)
+    envs = seed_environments(env, range(num_seeds), jax_env=True)
+    state = initial_state(config, agent, envs, seed=0)
 
     start = time.perf_counter()
-    block = jax.jit(make_block_function(config, agent, env, steps), donate_argnums=0).lower(state).compile()
+    block = jax.jit(make_block_function(config, agent, envs, steps), donate_argnums=0).lower(state).compile()
     block_compile_s = time.perf_counter() - start
     keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(i), DIAGNOSTICS_KEY_TAG) for i in range(num_seeds)])
     start = time.perf_counter()
