@@ -3,7 +3,6 @@ jitted block run repeatedly over all seeds, progress bar and the JSON-lines outp
 
 import argparse
 import json
-import math
 import os
 import sys
 import time

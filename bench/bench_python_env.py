@@ -20,22 +20,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from bench_loop import time_block  # noqa: E402  (this folder is on sys.path when run as a script)
 from agent_environment_interaction_loop import JAX_DRIVERS, PYTHON_DRIVERS, make_block_function  # noqa: E402
 from config import load_config  # noqa: E402
 from environments import environment_from_config, seed_environments  # noqa: E402
 from experiment import initial_state  # noqa: E402
 from initialization import make_agent  # noqa: E402
-
-
-def time_blocks(block, state, repeats: int):
-    """Runs block `repeats` times; returns (state, best seconds per call)."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        state, metrics = block(state)
-        jax.block_until_ready((state, metrics))
-        best = min(best, time.perf_counter() - start)
-    return state, best
 
 
 def bench_path(config, steps: int, repeats: int) -> dict:
@@ -54,12 +44,12 @@ def bench_path(config, steps: int, repeats: int) -> dict:
         block = make_block_function(config, agent, envs, steps, PYTHON_DRIVERS)
     state, _ = block(state)  # warm-up; for the Python path this compiles the acting pieces
     warmup_s = time.perf_counter() - start
-    state, acting_s = time_blocks(block, state, repeats)
+    state, acting_s = time_block(block, state, repeats)
     assert int(state.updates[0]) == 0, "acting-only blocks must not train"
     # Jump the shared step counter past training_start_time: the replay already holds enough sequences.
     state = state._replace(env_steps=jnp.full_like(state.env_steps, config.training_start_time))
     state, _ = block(state)  # warm-up: compiles the training update on the Python path
-    state, training_s = time_blocks(block, state, repeats)
+    state, training_s = time_block(block, state, repeats)
     assert int(state.updates[0]) > 0
     envs.close()
     return {"environment": config.environment, "env": config.env_config.env_name, "jax_env": config.jax_env,

@@ -4,7 +4,6 @@ before, the training `cond` is a real branch, and seed i of a multi-seed run is 
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -12,7 +12,7 @@ import pytest
 
 from agent_environment_interaction_loop import PYTHON_DRIVERS, make_block_function, python_cond, python_scan
 from config import ConfigError, load_config
-from environments import GymEnvironment, PythonEnvironments, environment_from_config, make_environment, seed_environments
+from environments import PythonEnvironments, environment_from_config, make_environment, seed_environments
 from experiment import initial_state, main, run
 from initialization import make_agent
 
