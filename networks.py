@@ -137,13 +137,23 @@ def _gaussian(params):
     return mean, jax.nn.softplus(raw_std) + 0.1
 
 
+def _inverse_cdf_sample(key, probs):
+    """Class indices [...] drawn from probs [..., W] with one uniform number per categorical variable.
+
+    The same distribution as Gumbel-max (jax.random.categorical), which needs W random numbers per variable:
+    generating 32x32 Gumbel noises for 2,500 imagined states took ~10% of a training update on CPU. The CDF is
+    a tiny matmul with a triangular matrix (faster than cumsum on XLA:CPU)."""
+    width = probs.shape[-1]
+    cdf = probs @ jnp.triu(jnp.ones((width, width), probs.dtype))  # [..., W], cdf[..., -1] ~= 1
+    u = jax.random.uniform(key, probs.shape[:-1] + (1,), probs.dtype) * cdf[..., -1:]
+    return jnp.minimum(jnp.sum(cdf < u, -1), width - 1)
+
+
 def sample_latent(config: Config, key, params):
     """A latent sample with gradients to `params`: straight-through for categoricals, reparameterised for Gaussians."""
     if config.latent_type == "categorical":
-        logits = _categorical_logits(config, params)  # [..., F, W]
-        index = jax.random.categorical(key, logits)
-        one_hot = jax.nn.one_hot(index, config.feature_width, dtype=logits.dtype)
-        probs = jnp.exp(logits)
+        probs = jnp.exp(_categorical_logits(config, params))  # [..., F, W]
+        one_hot = jax.nn.one_hot(_inverse_cdf_sample(key, probs), config.feature_width, dtype=probs.dtype)
         sample = one_hot + probs - jax.lax.stop_gradient(probs)
         return sample.reshape(*sample.shape[:-2], -1)
     mean, std = _gaussian(params)

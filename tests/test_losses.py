@@ -63,6 +63,15 @@ def test_categorical_sample_is_one_hot_with_straight_through_gradient():
     np.testing.assert_allclose(latent_entropy(config, jnp.zeros(12)), 3 * np.log(4), rtol=1e-6)
 
 
+def test_categorical_samples_follow_the_latent_distribution():
+    config = Config(num_features=2, feature_width=4)
+    logits = jnp.log(jnp.array([[0.1, 0.2, 0.3, 0.4], [0.7, 0.0, 0.0, 0.3]]) + 1e-30).reshape(-1)
+    keys = jax.random.split(jax.random.PRNGKey(0), 20000)
+    freq = jnp.mean(jax.vmap(lambda k: sample_latent(config, k, logits))(keys), 0).reshape(2, 4)
+    np.testing.assert_allclose(freq, jnp.exp(logits).reshape(2, 4), atol=0.015)  # ~4 standard errors
+    assert freq[1, 1] == 0 and freq[1, 2] == 0  # zero-probability classes are never drawn
+
+
 def test_gaussian_latents_kl_is_zero_for_equal_and_positive_otherwise():
     config = Config(num_features=5, latent_type="gaussian")
     params = jax.random.normal(jax.random.PRNGKey(0), (10,))
