@@ -52,9 +52,18 @@ class Conv3x3(hk.Module):
         w = hk.get_parameter("w", (3, 3, channels, self.filters), x.dtype, init=w_init)
         b = hk.get_parameter("b", (self.filters,), x.dtype, init=jnp.zeros)
         height, width = x.shape[1:3]
-        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        patches = jnp.concatenate([padded[:, i:i + height, j:j + width] for i in range(3) for j in range(3)], -1)
-        return patches @ w.reshape(9 * channels, self.filters) + b  # [N, H, W, 9C] @ [9C, F]
+        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # [N, H+2, W+2, C]
+        if channels <= self.filters:
+            patches = jnp.concatenate([padded[:, i:i + height, j:j + width] for i in range(3) for j in range(3)], -1)
+            return patches @ w.reshape(9 * channels, self.filters) + b  # [N, H, W, 9C] @ [9C, F]
+        # Fewer outputs than inputs (the decoder): materialise only the three horizontal taps (3C), multiply by
+        # the three kernel rows at once, and add the row outputs shifted vertically. The concatenation of the
+        # 9C patches was the costliest copy of an update (the decoder's first layer: 576 values per pixel).
+        rows = jnp.concatenate([padded[:, :, j:j + width] for j in range(3)], -1)  # [N, H+2, W, 3C]
+        row_kernels = w.reshape(3, 3 * channels, self.filters).transpose(1, 0, 2).reshape(3 * channels, -1)
+        row_out = rows @ row_kernels  # [N, H+2, W, 3F]: kernel row i in channels [iF, (i+1)F)
+        f = self.filters
+        return sum(row_out[:, i:i + height, :, i * f:(i + 1) * f] for i in range(3)) + b
 
 
 def _as_image(obs_shape: tuple[int, ...]) -> tuple[int, int, int]:

@@ -112,13 +112,18 @@ def test_rssm_and_world_model_loss_shapes(obs_shape, no_conv, latent_type):
     assert all(np.isfinite(v) for v in metrics.values())
 
 
-def test_conv3x3_matches_haiku_conv2d_same_padding():
+@pytest.mark.parametrize("channels,filters", [(3, 5), (7, 2)])  # patch path (C <= F) and kernel-row path (C > F)
+def test_conv3x3_matches_haiku_conv2d_same_padding(channels, filters):
     import haiku as hk
 
     from networks import Conv3x3
-    ours = hk.without_apply_rng(hk.transform(lambda x: Conv3x3(5, name="conv")(x)))
-    reference = hk.without_apply_rng(hk.transform(lambda x: hk.Conv2D(5, 3, padding="SAME", name="conv")(x)))
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 10, 7, 3))
+    ours = hk.without_apply_rng(hk.transform(lambda x: Conv3x3(filters, name="conv")(x)))
+    reference = hk.without_apply_rng(hk.transform(lambda x: hk.Conv2D(filters, 3, padding="SAME", name="conv")(x)))
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 10, 7, channels))
     params = reference.init(jax.random.PRNGKey(1), x)
+    params = jax.tree.map(lambda p: p + 0.1, params)  # a nonzero bias too
     assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == jax.tree.map(jnp.shape, params)
     np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), atol=1e-5)
+    grad = lambda f: jax.grad(lambda p, x: jnp.sum(jnp.sin(f.apply(p, x))), argnums=(0, 1))(params, x)
+    for a, b in zip(jax.tree.leaves(grad(ours)), jax.tree.leaves(grad(reference))):
+        np.testing.assert_allclose(a, b, atol=1e-4)
