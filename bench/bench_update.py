@@ -13,14 +13,13 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 from config import load_config  # noqa: E402
 from environments import environment_from_config  # noqa: E402
 from initialization import make_agent  # noqa: E402
 from losses_and_evaluation import actor_critic_losses, imagine, world_model_loss  # noqa: E402
 from networks import latent_size, make_actor_critic, make_world_model  # noqa: E402
-from replay_buffer import add, sample_sequences  # noqa: E402
+from replay_buffer import add, sample_sequences, unpack_frames  # noqa: E402
 
 
 def best_time(fn, *args, repeats: int) -> float:
@@ -69,6 +68,8 @@ def main(argv=None):
     state = state._replace(replay=fill(state.replay, jax.random.PRNGKey(1)))
     batch = jax.jit(lambda r, k: sample_sequences(r, k, c.batch_size, c.sequence_length, c.maximize_nonterminal))(
         state.replay, jax.random.PRNGKey(2))
+    if c.binary_state:  # replay holds bit-packed frames; the world model trains on unpacked ones, as in train_update
+        batch = batch._replace(obs=unpack_frames(batch.obs, env.spec.obs_shape))
     params, key = state.params, jax.random.PRNGKey(3)
 
     wm_step = jax.jit(jax.value_and_grad(lambda p, b, k: world_model_loss(c, wm, p, b, k), has_aux=True))

@@ -63,6 +63,15 @@ def test_categorical_sample_is_one_hot_with_straight_through_gradient():
     np.testing.assert_allclose(latent_entropy(config, jnp.zeros(12)), 3 * np.log(4), rtol=1e-6)
 
 
+def test_categorical_samples_follow_the_latent_distribution():
+    config = Config(num_features=2, feature_width=4)
+    logits = jnp.log(jnp.array([[0.1, 0.2, 0.3, 0.4], [0.7, 0.0, 0.0, 0.3]]) + 1e-30).reshape(-1)
+    keys = jax.random.split(jax.random.PRNGKey(0), 20000)
+    freq = jnp.mean(jax.vmap(lambda k: sample_latent(config, k, logits))(keys), 0).reshape(2, 4)
+    np.testing.assert_allclose(freq, jnp.exp(logits).reshape(2, 4), atol=0.015)  # ~4 standard errors
+    assert freq[1, 1] == 0 and freq[1, 2] == 0  # zero-probability classes are never drawn
+
+
 def test_gaussian_latents_kl_is_zero_for_equal_and_positive_otherwise():
     config = Config(num_features=5, latent_type="gaussian")
     params = jax.random.normal(jax.random.PRNGKey(0), (10,))
@@ -103,13 +112,18 @@ def test_rssm_and_world_model_loss_shapes(obs_shape, no_conv, latent_type):
     assert all(np.isfinite(v) for v in metrics.values())
 
 
-def test_conv3x3_matches_haiku_conv2d_same_padding():
+@pytest.mark.parametrize("channels,filters", [(3, 5), (7, 2)])  # patch path (C <= F) and kernel-row path (C > F)
+def test_conv3x3_matches_haiku_conv2d_same_padding(channels, filters):
     import haiku as hk
 
     from networks import Conv3x3
-    ours = hk.without_apply_rng(hk.transform(lambda x: Conv3x3(5, name="conv")(x)))
-    reference = hk.without_apply_rng(hk.transform(lambda x: hk.Conv2D(5, 3, padding="SAME", name="conv")(x)))
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 10, 7, 3))
+    ours = hk.without_apply_rng(hk.transform(lambda x: Conv3x3(filters, name="conv")(x)))
+    reference = hk.without_apply_rng(hk.transform(lambda x: hk.Conv2D(filters, 3, padding="SAME", name="conv")(x)))
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 10, 7, channels))
     params = reference.init(jax.random.PRNGKey(1), x)
+    params = jax.tree.map(lambda p: p + 0.1, params)  # a nonzero bias too
     assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == jax.tree.map(jnp.shape, params)
     np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), atol=1e-5)
+    grad = lambda f: jax.grad(lambda p, x: jnp.sum(jnp.sin(f.apply(p, x))), argnums=(0, 1))(params, x)
+    for a, b in zip(jax.tree.leaves(grad(ours)), jax.tree.leaves(grad(reference))):
+        np.testing.assert_allclose(a, b, atol=1e-4)
