@@ -141,11 +141,13 @@ class ProgressBar:
 
 
 def run(config: Config, env, seed: int, output: str | None, progress: bool = True, tracker=None,
-        save_checkpoint: str | None = None, resume: checkpoint.Resume | None = None) -> dict:
+        save_checkpoint: str | None = None, resume: checkpoint.Resume | None = None,
+        diagnostics: bool = True) -> dict:
     """Trains `config.num_seeds` seeds for `config.num_steps` env steps, from the start or from `resume`.
     Saves a checkpoint to `save_checkpoint` (if given) every `checkpoint_frequency` env steps, at the end and
     after the current block on SIGINT/SIGTERM. Returns the final state, the completed episodes' returns per
-    seed (on resume: the last RETURN_WINDOW before it, then the new ones), and timing figures."""
+    seed (on resume: the last RETURN_WINDOW before it, then the new ones), and timing figures. With
+    `diagnostics`, each record after training starts also holds the model diagnostics (`diag_*`)."""
     agent = make_agent(config, env)
     seeds = [seed + i for i in range(config.num_seeds)]
     envs = seed_environments(env, seeds, config.jax_env)
@@ -191,7 +193,7 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
                 state, metrics = compiled[size](state)
                 jax.block_until_ready(state)
                 records, returns = block_records(metrics, state, seed, time.time() - block_start, size)
-                if int(state.updates[0]) > 0:
+                if diagnostics and int(state.updates[0]) > 0:
                     diag = jax.device_get(diagnose(state.params, state.replay, diag_keys))
                     for i, record in enumerate(records):  # NaN: nothing to measure (e.g. no terminal step)
                         record.update({f"diag_{name}": float(value[i]) if np.isfinite(value[i]) else None

@@ -42,7 +42,8 @@ def test_jax_env_through_python_drivers_matches_the_jitted_loop(debug_config, tm
     for jax_env in (True, False):
         config = dataclasses.replace(debug_config, jax_env=jax_env)
         output = tmp_path / f"jax_env_{jax_env}.out"
-        results[jax_env] = run(config, environment_from_config(config), seed=3, output=str(output), progress=False)
+        results[jax_env] = run(config, environment_from_config(config), seed=3, output=str(output), progress=False,
+                               diagnostics=False)
         results[jax_env]["records"] = _records(output)
     jitted, python = results[True], results[False]
     assert len(jitted["returns"][0]) > 10
