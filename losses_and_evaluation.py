@@ -47,6 +47,27 @@ def kl_balance_loss(config: Config, posterior, prior):
     return loss, kl_prior_side
 
 
+def observe_sequence(config: Config, wm: WorldModel, wm_params, obs, action, episode_end, key):
+    """Posterior pass over sequences obs [B, T, *obs] (float), action/episode_end [B, T]; the carry restarts at
+    zero after an episode end. Returns, each [B, T, ...]: h (state the posterior saw), z (posterior sample),
+    next_h (transition(h, z, a): what the reward and termination heads read), prior and posterior latent
+    parameters."""
+    embed = wm.embed(wm_params, obs)  # [B, T, U], batched over all steps
+    h0 = jnp.zeros((action.shape[0], config.num_hidden_units), jnp.float32)
+
+    def step(h, inputs):  # only what depends on the previous step stays in the scan
+        embed_t, action_t, end_t, key_t = inputs
+        z, posterior = observe_step(config, wm, wm_params, h, embed_t, key_t)
+        next_h = wm.transition(wm_params, h, z, action_t)
+        return jnp.where(end_t[:, None], 0.0, next_h), (h, z, next_h, posterior)
+
+    time_major = lambda x: jnp.swapaxes(x, 0, 1)
+    keys = jax.random.split(key, action.shape[1])
+    _, outs = jax.lax.scan(step, h0, (time_major(embed), time_major(action), time_major(episode_end), keys))
+    h, z, next_h, posterior = jax.tree.map(time_major, outs)
+    return h, z, next_h, wm.prior(wm_params, h), posterior
+
+
 def world_model_loss(config: Config, wm: WorldModel, wm_params, batch, key):
     """World-model loss on a batch of sequences (obs [B, T, ...], action/reward/terminated/truncated [B, T]).
 
@@ -55,23 +76,8 @@ def world_model_loss(config: Config, wm: WorldModel, wm_params, batch, key):
     end. Returns (loss, (metrics, posterior states))."""
     c = config
     obs = batch.obs.astype(jnp.float32)  # [B, T, *obs]
-    embed = wm.embed(wm_params, obs)  # [B, T, E]
-    batch_size, seq_len = batch.action.shape
-    h0 = jnp.zeros((batch_size, c.num_hidden_units), jnp.float32)
     episode_end = batch.terminated | batch.truncated
-
-    def step(h, inputs):
-        embed_t, action_t, end_t, key_t = inputs
-        prior = wm.prior(wm_params, h)
-        z, posterior = observe_step(c, wm, wm_params, h, embed_t, key_t)
-        next_h = wm.transition(wm_params, h, z, action_t)
-        carry = jnp.where(end_t[:, None], 0.0, next_h)
-        return carry, (h, z, next_h, prior, posterior)
-
-    time_major = lambda x: jnp.swapaxes(x, 0, 1)
-    keys = jax.random.split(key, seq_len)
-    _, outs = jax.lax.scan(step, h0, (time_major(embed), time_major(batch.action), time_major(episode_end), keys))
-    h, z, next_h, prior, posterior = jax.tree.map(time_major, outs)  # each [B, T, ...]
+    h, z, next_h, prior, posterior = observe_sequence(c, wm, wm_params, obs, batch.action, episode_end, key)
 
     obs_pred = wm.decode(wm_params, jnp.concatenate([h, z], -1))  # [B, T, *obs]
     obs_axes = tuple(range(2, obs.ndim))
@@ -132,19 +138,19 @@ class ImaginedRollout(NamedTuple):
 def imagine(config: Config, wm: WorldModel, wm_params, actor_apply: Callable, actor_params, start_h, start_z, key):
     """Roll the prior forward `rollout_length` steps from start states [N, H], [N, Z] with the actor."""
 
-    def step(carry, key_t):
+    def step(carry, key_t):  # only what depends on the previous step stays in the scan
         h, z = carry
         action_key, prior_key = jax.random.split(key_t)
-        feat = jnp.concatenate([h, z], -1)
-        action = jax.random.categorical(action_key, actor_apply(actor_params, feat))
+        action = jax.random.categorical(action_key, actor_apply(actor_params, jnp.concatenate([h, z], -1)))
         next_h, next_z, _ = imagine_step(config, wm, wm_params, h, z, action, prior_key)
-        reward = wm.reward(wm_params, next_h)[..., 0]
-        cont = jax.nn.sigmoid(-wm.termination(wm_params, next_h))
-        return (next_h, next_z), (feat, action, reward, cont)
+        return (next_h, next_z), (next_h, next_z, action)
 
     keys = jax.random.split(key, config.rollout_length)
-    (last_h, last_z), (feat, action, reward, cont) = jax.lax.scan(step, (start_h, start_z), keys)
-    feat = jnp.concatenate([feat, jnp.concatenate([last_h, last_z], -1)[None]], 0)
+    _, (next_h, next_z, action) = jax.lax.scan(step, (start_h, start_z), keys)
+    h = jnp.concatenate([start_h[None], next_h], 0)  # [K+1, N, H]
+    feat = jnp.concatenate([h, jnp.concatenate([start_z[None], next_z], 0)], -1)
+    reward = wm.reward(wm_params, next_h)[..., 0]
+    cont = jax.nn.sigmoid(-wm.termination(wm_params, next_h))
     return ImaginedRollout(feat, action, reward, cont)
 
 
@@ -178,27 +184,6 @@ def actor_critic_losses(config: Config, actor_apply, critic_apply, actor_params,
 # Model diagnostics: how well the world model fits a few replayed sequences, once per logged block.
 
 DIAGNOSTIC_SEQUENCES = 8  # replayed sequences the diagnostics look at per seed and block
-
-
-def observe_sequence(config: Config, wm: WorldModel, wm_params, obs, action, episode_end, key):
-    """Posterior pass over sequences obs [B, T, *obs] (float), action/episode_end [B, T], with the same carry
-    rule as world_model_loss (zero after an episode end). Returns, each [B, T, ...]: h (state the posterior
-    saw), z (posterior sample), next_h (transition(h, z, a): what the reward and termination heads read),
-    prior and posterior latent parameters."""
-    embed = wm.embed(wm_params, obs)  # [B, T, E]
-    h0 = jnp.zeros((action.shape[0], config.num_hidden_units), jnp.float32)
-
-    def step(h, inputs):
-        embed_t, action_t, end_t, key_t = inputs
-        prior = wm.prior(wm_params, h)
-        z, posterior = observe_step(config, wm, wm_params, h, embed_t, key_t)
-        next_h = wm.transition(wm_params, h, z, action_t)
-        return jnp.where(end_t[:, None], 0.0, next_h), (h, z, next_h, prior, posterior)
-
-    time_major = lambda x: jnp.swapaxes(x, 0, 1)
-    keys = jax.random.split(key, action.shape[1])
-    _, outs = jax.lax.scan(step, h0, (time_major(embed), time_major(action), time_major(episode_end), keys))
-    return jax.tree.map(time_major, outs)
 
 
 def masked_mean(values, mask):

@@ -75,8 +75,15 @@ def uses_conv(config: Config, obs_shape: tuple[int, ...]) -> bool:
     return not config.no_conv and len(obs_shape) in (2, 3)
 
 
+def encoder_output_size(config: Config, obs_shape: tuple[int, ...]) -> int:
+    if not uses_conv(config, obs_shape):
+        return config.num_hidden_units
+    height, width, _ = _as_image(obs_shape)
+    return height * width * config.num_conv_filters * 2 ** (config.conv_depth - 1)
+
+
 class Encoder(hk.Module):
-    """Observation [..., *obs_shape] (float) -> embedding [..., E]."""
+    """Observation [..., *obs_shape] (float) -> embedding [..., E], E = encoder_output_size."""
 
     def __init__(self, config: Config, obs_shape: tuple[int, ...], name=None):
         super().__init__(name=name)
@@ -153,7 +160,7 @@ def _inverse_cdf_sample(key, probs):
     generating 32x32 Gumbel noises for 2,500 imagined states took ~10% of a training update on CPU. The CDF is
     a tiny matmul with a triangular matrix (faster than cumsum on XLA:CPU)."""
     width = probs.shape[-1]
-    cdf = probs @ jnp.triu(jnp.ones((width, width), probs.dtype))  # [..., W], cdf[..., -1] ~= 1
+    cdf = probs @ np.triu(np.ones((width, width), np.float32)).astype(probs.dtype)  # [..., W], cdf[..., -1] ~= 1
     u = jax.random.uniform(key, probs.shape[:-1] + (1,), probs.dtype) * cdf[..., -1:]
     return jnp.minimum(jnp.sum(cdf < u, -1), width - 1)
 
@@ -201,9 +208,11 @@ def latent_kl_to_standard_normal(config: Config, params):
 class WorldModel(NamedTuple):
     """Pure functions of the world-model parameters (haiku `multi_transform`, no apply rng).
 
-    embed(params, obs [..., *obs]) -> [..., E]
+    embed(params, obs [..., *obs]) -> [..., U]: the encoder's output already multiplied by its share of the
+        posterior's first layer (U = num_hidden_units), so a sequence's embeddings go through that layer in
+        one batched matmul outside the posterior's scan
     prior(params, h [..., H]) -> latent params [..., P]
-    posterior(params, h [..., H], embed [..., E]) -> latent params [..., P]
+    posterior(params, h [..., H], embed [..., U]) -> latent params [..., P]
     transition(params, h [..., H], z [..., Z], action [...] int) -> next h [..., H]
     decode(params, feat [..., H+Z]) -> observation logits/means [..., *obs]
     reward(params, h [..., H]) -> [..., 2] (mean, log std; log std ignored unless learned)
@@ -229,7 +238,14 @@ def make_world_model(config: Config, obs_shape: tuple[int, ...], num_actions: in
         gru = hk.GRU(c.num_hidden_units, name="gru")
         transition_input = MLP(c.num_hidden_units, 1, c.activation, name="transition_input")
         prior_net = MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, latent_param_size(c), name="prior")
-        posterior_net = MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, latent_param_size(c), name="posterior")
+        posterior_net = MLP(c.num_hidden_units, c.num_hidden_layers - 1, c.activation, latent_param_size(c),
+                            name="posterior")
+        # The posterior's first layer reads [h, encoder output]; its two blocks of rows are separate layers
+        # (initialised as the one layer over H + E inputs would be) so the encoder's block runs batched.
+        first_init = hk.initializers.TruncatedNormal(
+            1.0 / np.sqrt(c.num_hidden_units + encoder_output_size(c, obs_shape)))
+        posterior_h = hk.Linear(c.num_hidden_units, w_init=first_init, name="posterior_h")
+        posterior_embed = hk.Linear(c.num_hidden_units, with_bias=False, w_init=first_init, name="posterior_embed")
         reward_net = MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, 2, name="reward")
         termination_net = MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, 1, name="termination")
 
@@ -238,19 +254,22 @@ def make_world_model(config: Config, obs_shape: tuple[int, ...], num_actions: in
             _, next_h = gru(x, h)
             return next_h
 
+        def embed(obs):
+            return posterior_embed(encoder(obs))
+
         def posterior(h, embed):
-            return posterior_net(jnp.concatenate([h, embed], -1))
+            return posterior_net(ACTIVATIONS[c.activation](posterior_h(h) + embed))
 
         def termination(h):
             return termination_net(h)[..., 0]
 
         def init(obs, h, z, action):
-            posterior(h, encoder(obs))
+            posterior(h, embed(obs))
             decoder(jnp.concatenate([h, z], -1))
             next_h = transition(h, z, action)
             return prior_net(next_h), reward_net(next_h), termination(next_h)
 
-        return init, (encoder, prior_net, posterior, transition, decoder, reward_net, termination)
+        return init, (embed, prior_net, posterior, transition, decoder, reward_net, termination)
 
     model = hk.without_apply_rng(hk.multi_transform(build))
     return WorldModel(model.init, *model.apply)
