@@ -10,7 +10,7 @@ import difflib
 import importlib
 import importlib.util
 import io
-from typing import Any, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 import gymnax
 import jax
@@ -289,6 +289,10 @@ class GymEnvironment:
     def _obs(self, obs) -> np.ndarray:
         return np.asarray(obs, dtype=self.spec.obs_dtype).reshape(self.spec.obs_shape)
 
+    def reseed(self, seed: int):
+        """Seed the next reset (a resumed run's fresh episode)."""
+        self.seed = seed
+
     def reset(self, key) -> np.ndarray:
         seed, self.seed = self.seed, None  # seed the first reset only
         obs, _ = self.env.reset(seed=seed)
@@ -309,12 +313,12 @@ class JaxAsPythonEnvironment:
     Python drivers it gives the numbers of the jitted loop (the parity test), and it is how jax_env false
     runs a JAX environment."""
 
-    def __init__(self, env: JaxEnvironment):
-        self.spec = env.spec
-        if not hasattr(env, "_jitted"):  # shared by all seeds' wrappers: compiled once
-            env._jitted = (jax.jit(env.reset), jax.jit(env.step))
-        self._reset, self._step = env._jitted
+    def __init__(self, spec: EnvSpec, jitted_reset: Callable, jitted_step: Callable):
+        self.spec, self._reset, self._step = spec, jitted_reset, jitted_step  # shared by all seeds: compiled once
         self.env_state = None
+
+    def reseed(self, seed: int):
+        """Nothing to do: episodes follow the keys the loop passes, which a resumed run derives afresh."""
 
     def reset(self, key) -> np.ndarray:
         self.env_state, obs = self._reset(key)
@@ -386,4 +390,5 @@ def seed_environments(env, seeds: Sequence[int], jax_env: bool):
         return VmappedEnvironments(env)
     if getattr(env, "is_python", False):
         return PythonEnvironments([env.instance(int(seed)) for seed in seeds])
-    return PythonEnvironments([JaxAsPythonEnvironment(env) for _ in seeds])
+    reset, step = jax.jit(env.reset), jax.jit(env.step)
+    return PythonEnvironments([JaxAsPythonEnvironment(env.spec, reset, step) for _ in seeds])

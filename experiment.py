@@ -76,7 +76,7 @@ def restart_python_episodes(state: RunState, envs, seeds: list[int]) -> RunState
     seed starts a fresh episode (seeded from its seed and the step count) and its RSSM carry restarts."""
     steps = int(state.env_steps[0])
     for env, seed in zip(envs.envs, seeds):
-        env.seed = int(np.random.SeedSequence([seed, steps]).generate_state(1)[0])
+        env.reseed(int(np.random.SeedSequence([seed, steps]).generate_state(1)[0]))
     env_keys = jax.vmap(jax.random.fold_in, (0, None))(state.key, steps)
     env_state, obs = envs.reset(env_keys)
     return state._replace(env_state=jnp.asarray(env_state), obs=jnp.asarray(obs), rssm_h=jnp.zeros_like(state.rssm_h),
