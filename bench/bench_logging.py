@@ -11,7 +11,6 @@ grows with its steps).
 """
 
 import argparse
-import dataclasses
 import io
 import json
 import os
@@ -27,12 +26,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from agent_environment_interaction_loop import make_block_function  # noqa: E402
 from config import config_to_dict, load_config  # noqa: E402
-from environments import environment_from_config, seed_environments  # noqa: E402
-from experiment import DIAGNOSTICS_KEY_TAG, block_records, initial_state  # noqa: E402
-from initialization import make_agent  # noqa: E402
+from environments import environment_from_config  # noqa: E402
+from experiment import DIAGNOSTICS_KEY_TAG, block_records  # noqa: E402
 from tracking import Tracker  # noqa: E402
+
+from bench_loop import compiled_block  # noqa: E402  (this folder)
 
 
 def main(argv=None):
@@ -49,16 +48,8 @@ def main(argv=None):
     steps = args.steps or eval_frequency
     num_seeds = args.seeds or config.num_seeds
     # The first block only acts (fills replay); then the shared step counter jumps past training_start_time.
-    config = dataclasses.replace(config, num_seeds=num_seeds, eval_frequency=steps,
-                                 training_start_time=max(config.training_start_time, 2 * steps, config.sequence_length))
-    env = environment_from_config(config)
-    agent = make_agent(config, env)
-    envs = seed_environments(env, range(num_seeds), jax_env=True)
-    state = initial_state(config, agent, envs, seed=0)
-
-    start = time.perf_counter()
-    block = jax.jit(make_block_function(config, agent, envs, steps), donate_argnums=0).lower(state).compile()
-    block_compile_s = time.perf_counter() - start
+    config, agent, state, block, block_compile_s = compiled_block(
+        config, environment_from_config(config), num_seeds, steps, max(2 * steps, config.sequence_length))
     keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(i), DIAGNOSTICS_KEY_TAG) for i in range(num_seeds)])
     start = time.perf_counter()
     diagnose = jax.jit(jax.vmap(agent.diagnose)).lower(state.params, state.replay, keys).compile()

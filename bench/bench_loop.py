@@ -39,15 +39,21 @@ def time_block(compiled, state, repeats: int):
     return state, best
 
 
-def bench_seeds(config, env, num_seeds: int, steps: int, repeats: int) -> dict:
+def compiled_block(config, env, num_seeds: int, steps: int, training_start_time: int):
+    """(config, agent, initial run state, the compiled `steps`-step block with the state donated, compile
+    seconds) for `num_seeds` vmapped seeds, training starting at `training_start_time` or later."""
     config = dataclasses.replace(config, num_seeds=num_seeds, eval_frequency=steps,
-                                 training_start_time=max(config.training_start_time, (repeats + 1) * steps))
+                                 training_start_time=max(config.training_start_time, training_start_time))
     agent = make_agent(config, env)
     envs = seed_environments(env, range(num_seeds), jax_env=True)
     state = initial_state(config, agent, envs, seed=0)
     start = time.perf_counter()
     compiled = jax.jit(make_block_function(config, agent, envs, steps), donate_argnums=0).lower(state).compile()
-    compile_s = time.perf_counter() - start
+    return config, agent, state, compiled, time.perf_counter() - start
+
+
+def bench_seeds(config, env, num_seeds: int, steps: int, repeats: int) -> dict:
+    config, _, state, compiled, compile_s = compiled_block(config, env, num_seeds, steps, (repeats + 1) * steps)
     state, acting_s = time_block(compiled, state, repeats)
     assert int(state.updates[0]) == 0, "acting-only blocks must not train"
     # Jump the shared step counter past training_start_time: the replay already holds enough sequences.
