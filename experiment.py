@@ -24,6 +24,11 @@ RETURN_WINDOW = 50  # episodes in the final per-seed summary
 DIAGNOSTICS_KEY_TAG = 0xD1A6  # folded into each seed's PRNGKey(seed) to draw the diagnostic sequences
 
 
+def diagnostic_keys(seeds) -> jax.Array:
+    """[len(seeds), 2] keys that draw each seed's diagnostic sequences, apart from the run's own keys."""
+    return jnp.stack([jax.random.fold_in(jax.random.PRNGKey(seed), DIAGNOSTICS_KEY_TAG) for seed in seeds])
+
+
 def build_arg_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("-c", "--config", required=True, help="JSON config file (see config.json; unknown keys are errors)")
@@ -169,8 +174,7 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
         compiled = {size: (lambda state, size=size: block(state, size)) for size in set(block_sizes)}
     # Model diagnostics once per block after training starts, on sequences drawn with a fixed key per seed
     # (the run's key is not touched, so diagnostics never change the run).
-    diag_keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(seed + i), DIAGNOSTICS_KEY_TAG)
-                           for i in range(config.num_seeds)])
+    diag_keys = diagnostic_keys(seeds)
     diagnose = jax.jit(jax.vmap(agent.diagnose))  # compiled at its first use: runs that never train skip it
     compile_s = time.time() - compile_start if config.jax_env else None
 

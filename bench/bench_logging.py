@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 
 from config import config_to_dict, load_config  # noqa: E402
 from environments import environment_from_config  # noqa: E402
-from experiment import DIAGNOSTICS_KEY_TAG, block_records  # noqa: E402
+from experiment import block_records, diagnostic_keys  # noqa: E402
 from tracking import Tracker  # noqa: E402
 
 from bench_loop import compiled_block  # noqa: E402  (this folder)
@@ -50,7 +50,7 @@ def main(argv=None):
     # The first block only acts (fills replay); then the shared step counter jumps past training_start_time.
     config, agent, state, block, block_compile_s = compiled_block(
         config, environment_from_config(config), num_seeds, steps, max(2 * steps, config.sequence_length))
-    keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(i), DIAGNOSTICS_KEY_TAG) for i in range(num_seeds)])
+    keys = diagnostic_keys(range(num_seeds))
     start = time.perf_counter()
     diagnose = jax.jit(jax.vmap(agent.diagnose)).lower(state.params, state.replay, keys).compile()
     diagnose_compile_s = time.perf_counter() - start
