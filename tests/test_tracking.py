@@ -231,8 +231,8 @@ def test_resumed_run_continues_each_seeds_wandb_run_without_duplicate_steps(wand
     command = [sys.executable, os.path.join(root, "dreamer_multiseed.py"), "-c",
                os.path.join(root, "configs", "debug.json"), "--set", "num_seeds=2", "--set", "checkpoint_frequency=50",
                "--wandb", "offline", "-g", "grp", "-o", "run.out", "--save_checkpoint", str(ckpt), "--no_progress"]
-    # The second part reuses the first part's compiled programs through JAX's persistent cache.
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(wandb_env / "jax_cache")}
+    # The second part reuses compiled programs through the suite's JAX persistent cache (tests/conftest.py).
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     first = subprocess.Popen(command, cwd=wandb_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**env, checkpoint.TEST_SLEEP_ENV: "1.0"})
     try:

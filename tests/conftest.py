@@ -1,0 +1,27 @@
+"""Test-session set-up: one JAX persistent compilation cache shared by every test (and pytest-xdist worker) of a
+run, so a program the suite has compiled once (the same config) is loaded instead of compiled again. A loaded
+executable is the compiled one, so runs stay bit-identical; the cache is removed when the run ends."""
+
+import os
+import shutil
+import tempfile
+import uuid
+
+# The controller picks the id; pytest-xdist workers inherit it through the environment.
+_RUN_ID = os.environ.setdefault("DREAMER_TEST_RUN_ID", uuid.uuid4().hex)
+CACHE_DIR = os.path.join(tempfile.gettempdir(), f"dreamer-tests-jax-cache-{_RUN_ID}")
+# Set before jax is imported, and inherited by the scripts the tests start as subprocesses.
+os.environ["JAX_COMPILATION_CACHE_DIR"] = CACHE_DIR
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+import jax  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist) cleans up
+        shutil.rmtree(CACHE_DIR, ignore_errors=True)
