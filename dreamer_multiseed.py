@@ -4,7 +4,12 @@ Usage: python3 dreamer_multiseed.py -c config.json [-s SEED] [-o OUTPUT] [--set 
 
 import sys
 
-import experiment
+import huge_pages
+
+if __name__ == "__main__":
+    huge_pages.reexec_with_huge_pages()  # before jax is imported
+
+import experiment  # noqa: E402
 
 
 def main(argv=None) -> int:

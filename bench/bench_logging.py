@@ -22,6 +22,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import huge_pages  # noqa: E402
+
+if __name__ == "__main__":
+    huge_pages.reexec_with_huge_pages()  # before jax is imported; DREAMER_NO_HUGE_PAGES=1 to measure without
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -31,7 +36,7 @@ from environments import environment_from_config  # noqa: E402
 from experiment import block_records, diagnostic_keys  # noqa: E402
 from tracking import Tracker  # noqa: E402
 
-from bench_loop import compiled_block  # noqa: E402  (this folder)
+from bench_loop import compiled_block, machine_info  # noqa: E402  (this folder)
 
 
 def main(argv=None):
@@ -102,8 +107,7 @@ def main(argv=None):
                                                  "logging_total": pct(logging_s, block_at_eval)},
         "block_compile_s": block_compile_s, "diagnose_compile_s": diagnose_compile_s,
         "diag_keys": sorted(diag),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "devices": [str(d) for d in jax.devices()], "jax": jax.__version__},
+        "machine": machine_info(),
     }, indent=2))
 
 

@@ -18,6 +18,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import huge_pages  # noqa: E402
+
+if __name__ == "__main__":
+    huge_pages.reexec_with_huge_pages()  # before jax is imported; DREAMER_NO_HUGE_PAGES=1 to measure without
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
@@ -26,6 +31,13 @@ from config import load_config  # noqa: E402
 from environments import environment_from_config, seed_environments  # noqa: E402
 from experiment import initial_state  # noqa: E402
 from initialization import make_agent  # noqa: E402
+
+
+def machine_info() -> dict:
+    """What the figures were measured on (every bench script reports it)."""
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
+            "huge_pages": huge_pages.active()}
 
 
 def time_block(compiled, state, repeats: int):
@@ -89,8 +101,7 @@ def main(argv=None):
         "compile_s": max(r["compile_s"] for r in results),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "replay_bytes_per_seed": base["replay_bytes_per_seed"],
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "devices": [str(d) for d in jax.devices()], "jax": jax.__version__},
+        "machine": machine_info(),
     }, indent=2))
 
 

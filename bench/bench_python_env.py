@@ -17,10 +17,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import huge_pages  # noqa: E402
+
+if __name__ == "__main__":
+    huge_pages.reexec_with_huge_pages()  # before jax is imported; DREAMER_NO_HUGE_PAGES=1 to measure without
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from bench_loop import time_block  # noqa: E402  (this folder is on sys.path when run as a script)
+from bench_loop import machine_info, time_block  # noqa: E402  (this folder is on sys.path when run as a script)
 from agent_environment_interaction_loop import JAX_DRIVERS, PYTHON_DRIVERS, make_block_function  # noqa: E402
 from config import load_config  # noqa: E402
 from environments import environment_from_config, seed_environments  # noqa: E402
@@ -82,8 +87,7 @@ def main(argv=None):
         "python_over_jitted_acting": results["python"]["acting_s_per_step"] / results["jitted"]["acting_s_per_step"],
         "python_over_jitted_training": (results["python"]["training_s_per_step"]
                                         / results["jitted"]["training_s_per_step"]),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "devices": [str(d) for d in jax.devices()], "jax": jax.__version__},
+        "machine": machine_info(),
     }, indent=2))
 
 

@@ -12,10 +12,16 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import huge_pages  # noqa: E402
+
+if __name__ == "__main__":
+    huge_pages.reexec_with_huge_pages()  # before jax is imported; DREAMER_NO_HUGE_PAGES=1 to measure without
+
 import jax  # noqa: E402
 import jax.extend  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench_loop import machine_info  # noqa: E402  (this folder is on sys.path when run as a script)
 from config import load_config  # noqa: E402
 from environments import environment_from_config  # noqa: E402
 from initialization import make_agent  # noqa: E402
@@ -138,7 +144,7 @@ def main(argv=None):
         "actor_critic_flops": flops(ac_step, params, start_h, start_z, key),
         "xla_flops": xla_flops(update.lower(state).compile()),
         "gflops_per_s": gflops_per_s, "roofline_gflops_per_s": roofline, "roofline_fraction": gflops_per_s / roofline,
-        "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
+        "machine": machine_info(),
     }, indent=2))
 
 
