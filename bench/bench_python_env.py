@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
 
