@@ -93,6 +93,51 @@ def make_store(agent: Agent) -> Callable:
     return store
 
 
+def update_seed_batch(requested: int, num_seeds: int, backend: str | None = None) -> int:
+    """Seeds per batch of training updates: `requested`, or for 0 all seeds on an accelerator and one on CPU
+    (XLA:CPU gains little from batching seeds, while the update's temporaries grow with the batch)."""
+    if requested == 0:
+        requested = 1 if (backend or jax.default_backend()) == "cpu" else num_seeds
+    return min(requested, num_seeds)
+
+
+def seed_batched_update(agent: Agent, requested_batch: int) -> Callable:
+    """The training update for a leading seed axis: vmapped over all seeds at once, or over batches of
+    `update_seed_batch(requested_batch, seeds)` seeds one after another in a loop that updates the state's
+    slices in place. The replay is only read, never carried or copied."""
+    vmapped = jax.vmap(agent.train_update)
+
+    def update(state: RunState):
+        num_seeds = state.env_steps.shape[0]
+        batch = update_seed_batch(requested_batch, num_seeds)
+        if batch == num_seeds:
+            return vmapped(state)
+        replay, seeds = state.replay, state._replace(replay=None)
+
+        def update_slice(start, size, seeds, metrics):
+            new, new_metrics = vmapped(_take(seeds, start, size)._replace(replay=_take(replay, start, size)))
+            return _put(seeds, new._replace(replay=None), start), _put(metrics, new_metrics, start)
+
+        metric_shapes = jax.eval_shape(vmapped, _take(state, 0, batch))[1]
+        metrics = jax.tree.map(lambda s: jnp.zeros((num_seeds, *s.shape[1:]), s.dtype), metric_shapes)
+        full_batches, rest = divmod(num_seeds, batch)
+        seeds, metrics = jax.lax.fori_loop(
+            0, full_batches, lambda i, carry: update_slice(i * batch, batch, *carry), (seeds, metrics))
+        if rest:
+            seeds, metrics = update_slice(full_batches * batch, rest, seeds, metrics)
+        return seeds._replace(replay=replay), metrics
+
+    return update
+
+
+def _take(tree, start, size: int):
+    return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, size), tree)
+
+
+def _put(tree, part, start):
+    return jax.tree.map(lambda x, p: jax.lax.dynamic_update_slice_in_dim(x, p, start, 0), tree, part)
+
+
 def make_block_function(config: Config, agent: Agent, envs, num_steps: int,
                         drivers: Drivers = JAX_DRIVERS) -> Callable:
     """Returns block(state) -> (state, BlockMetrics) running `num_steps` env steps for all seeds.
@@ -106,7 +151,7 @@ def make_block_function(config: Config, agent: Agent, envs, num_steps: int,
     scan, cond, compiled = drivers
     act = compiled(jax.vmap(make_act(agent)), donate_first=False)
     vmapped_store = jax.vmap(make_store(agent))
-    train_update = compiled(jax.vmap(agent.train_update))
+    train_update = compiled(seed_batched_update(agent, config.update_seed_batch))
     update_target = compiled(jax.vmap(agent.update_target))
 
     @compiled

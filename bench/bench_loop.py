@@ -26,7 +26,7 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from agent_environment_interaction_loop import make_block_function  # noqa: E402
+from agent_environment_interaction_loop import make_block_function, update_seed_batch  # noqa: E402
 from config import load_config  # noqa: E402
 from environments import environment_from_config, seed_environments  # noqa: E402
 from experiment import initial_state  # noqa: E402
@@ -73,8 +73,11 @@ def bench_seeds(config, env, num_seeds: int, steps: int, repeats: int) -> dict:
     state, training_s = time_block(compiled, state, repeats)
     assert int(state.updates[0]) > 0
     replay_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state.replay)) // num_seeds
+    device_stats = jax.devices()[0].memory_stats() or {}  # None on CPU
     return {"seeds": num_seeds, "acting_s_per_step": acting_s / steps, "training_s_per_step": training_s / steps,
-            "compile_s": compile_s, "replay_bytes_per_seed": replay_bytes}
+            "compile_s": compile_s, "replay_bytes_per_seed": replay_bytes,
+            "update_seed_batch": update_seed_batch(config.update_seed_batch, num_seeds),
+            "device_peak_bytes": device_stats.get("peak_bytes_in_use")}
 
 
 def main(argv=None):

@@ -258,3 +258,12 @@ def test_block_schedule_matches_an_uninterrupted_run():
 def test_unwritable_checkpoint_path_exits_2_before_running(tmp_path, capsys):
     assert run_main("-o", str(tmp_path / "run.out"), "--save_checkpoint", str(tmp_path / "no" / "run.ckpt")) == 2
     assert "does not exist" in capsys.readouterr().err and not (tmp_path / "run.out").exists()
+
+
+def test_a_resume_may_change_the_update_seed_batch_but_not_the_model():
+    # update_seed_batch is a speed and memory setting (its default differs between CPU and GPU), so a run
+    # saved on one device resumes on another; checkpoints written before the key existed resume too.
+    stored = {"num_seeds": 2, "batch_size": 50, "env_config": {"env_name": "Catch-bsuite"}}
+    assert checkpoint.config_differences(stored, {**stored, "update_seed_batch": 2}) == []
+    assert checkpoint.config_differences({**stored, "update_seed_batch": 1}, {**stored, "update_seed_batch": 0}) == []
+    assert checkpoint.config_differences(stored, {**stored, "batch_size": 8}) == ["batch_size (checkpoint 50, now 8)"]

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from agent_environment_interaction_loop import make_block_function
+from agent_environment_interaction_loop import make_block_function, seed_batched_update, update_seed_batch
 from config import load_config
 from environments import environment_from_config, seed_environments
 from experiment import initial_state, run
@@ -67,14 +67,43 @@ def test_training_cond_is_not_batched(debug_config):
 
 
 def test_seed_i_of_multiseed_run_equals_single_seed_run(debug_config):
-    acting = dataclasses.replace(debug_config, num_steps=debug_config.training_start_time)
-    multi = run(dataclasses.replace(acting, num_seeds=2), _env(acting), seed=5, output=None, progress=False)
-    single = run(dataclasses.replace(acting, num_seeds=1), _env(acting), seed=6, output=None, progress=False)
+    # With the seeds' updates one after another (update_seed_batch 1, the CPU default) seed i trains exactly
+    # as the single-seed run SEED+i does, bit for bit.
+    config = dataclasses.replace(debug_config, update_seed_batch=1,
+                                 num_steps=debug_config.training_start_time + debug_config.eval_frequency)
+    multi = run(dataclasses.replace(config, num_seeds=2), _env(config), seed=5, output=None, progress=False)
+    single = run(dataclasses.replace(config, num_seeds=1), _env(config), seed=6, output=None, progress=False)
     assert len(single["returns"][0]) > 5
+    assert int(single["state"].updates[0]) > 0
     assert multi["returns"][1] == single["returns"][0]
     assert multi["returns"][0] != multi["returns"][1]
     for multi_leaf, single_leaf in zip(jax.tree.leaves(multi["state"]), jax.tree.leaves(single["state"])):
         np.testing.assert_array_equal(multi_leaf[1], single_leaf[0])
+
+
+def test_seed_batched_update_matches_the_vmapped_update(debug_config):
+    # 3 seeds in batches of 2 (the loop runs one batch of 2, then the remainder of 1): the same update as
+    # vmapping all 3 at once, up to float rounding, and the replay is handed back untouched.
+    config = dataclasses.replace(debug_config, num_seeds=3)
+    env = _env(config)
+    agent = make_agent(config, env)
+    envs = seed_environments(env, range(3), jax_env=True)
+    state = initial_state(config, agent, envs, seed=0)
+    state, _ = jax.jit(make_block_function(config, agent, envs, config.training_start_time))(state)
+    mapped, mapped_metrics = jax.jit(seed_batched_update(agent, 2))(state)
+    vmapped, vmapped_metrics = jax.jit(seed_batched_update(agent, 3))(state)
+    assert _leaves_equal(mapped.replay, state.replay)
+    np.testing.assert_array_equal(mapped.updates, vmapped.updates)
+    for a, b in zip(jax.tree.leaves((mapped.params, mapped_metrics)), jax.tree.leaves((vmapped.params, vmapped_metrics))):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    assert not _leaves_equal(mapped.params, state.params)
+
+
+def test_update_seed_batch_default_depends_on_the_backend():
+    assert update_seed_batch(0, 8, backend="cpu") == 1
+    assert update_seed_batch(0, 8, backend="gpu") == 8
+    assert update_seed_batch(3, 8, backend="cpu") == 3
+    assert update_seed_batch(16, 8, backend="gpu") == 8
 
 
 def test_initial_params_of_seed_i_match_single_seed(debug_config):
