@@ -23,12 +23,17 @@ def _leaves_equal(a, b) -> bool:
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def test_debug_run_trains_only_after_training_start(debug_config):
-    config = dataclasses.replace(debug_config, num_seeds=2)
+def _seeded(debug_config, num_seeds: int):
+    """(config, agent, envs, initial run state) of the debug config with `num_seeds` seeds."""
+    config = dataclasses.replace(debug_config, num_seeds=num_seeds)
     env = environment_from_config(config)
     agent = make_agent(config, env)
-    envs = seed_environments(env, range(2), jax_env=True)
-    state = initial_state(config, agent, envs, seed=0)
+    envs = seed_environments(env, range(num_seeds), jax_env=True)
+    return config, agent, envs, initial_state(config, agent, envs, seed=0)
+
+
+def test_debug_run_trains_only_after_training_start(debug_config):
+    config, agent, envs, state = _seeded(debug_config, 2)
     initial_params = jax.device_get(state.params)
     block = jax.jit(make_block_function(config, agent, envs, config.training_start_time))
     state, metrics = block(state)
@@ -51,11 +56,7 @@ def test_debug_run_trains_only_after_training_start(debug_config):
 
 def test_training_cond_is_not_batched(debug_config):
     # Under vmap a batched predicate would turn `cond` into a `select` that computes the update every step.
-    config = dataclasses.replace(debug_config, num_seeds=3)
-    env = environment_from_config(config)
-    agent = make_agent(config, env)
-    envs = seed_environments(env, range(3), jax_env=True)
-    state = initial_state(config, agent, envs, seed=0)
+    config, agent, envs, state = _seeded(debug_config, 3)
     jaxpr = jax.make_jaxpr(make_block_function(config, agent, envs, 4))(state)
     scan = next(e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan")
     conds = [e for e in scan.params["jaxpr"].jaxpr.eqns if e.primitive.name == "cond"]
@@ -84,11 +85,7 @@ def test_seed_i_of_multiseed_run_equals_single_seed_run(debug_config):
 def test_seed_batched_update_matches_the_vmapped_update(debug_config):
     # 3 seeds in batches of 2 (the loop runs one batch of 2, then the remainder of 1): the same update as
     # vmapping all 3 at once, up to float rounding, and the replay is handed back untouched.
-    config = dataclasses.replace(debug_config, num_seeds=3)
-    env = _env(config)
-    agent = make_agent(config, env)
-    envs = seed_environments(env, range(3), jax_env=True)
-    state = initial_state(config, agent, envs, seed=0)
+    config, agent, envs, state = _seeded(debug_config, 3)
     state, _ = jax.jit(make_block_function(config, agent, envs, config.training_start_time))(state)
     mapped, mapped_metrics = jax.jit(seed_batched_update(agent, 2))(state)
     vmapped, vmapped_metrics = jax.jit(seed_batched_update(agent, 3))(state)
