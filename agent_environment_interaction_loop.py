@@ -105,7 +105,9 @@ def seed_batched_update(agent: Agent, requested_batch: int) -> Callable:
     """The training update for a leading seed axis: vmapped over all seeds at once, or over batches of
     `update_seed_batch(requested_batch, seeds)` seeds one after another in a loop that updates the state's
     slices in place. The replay is only read, never carried or copied."""
-    vmapped = jax.vmap(agent.train_update)
+    # jitted, so that the trace made for the metric shapes below is reused by the calls (the update is
+    # the largest function of a block: tracing it twice took seconds)
+    vmapped = jax.jit(jax.vmap(agent.train_update))
 
     def update(state: RunState):
         num_seeds = state.env_steps.shape[0]
@@ -151,7 +153,8 @@ def make_block_function(config: Config, agent: Agent, envs, num_steps: int,
     scan, cond, compiled = drivers
     act = compiled(jax.vmap(make_act(agent)), donate_first=False)
     vmapped_store = jax.vmap(make_store(agent))
-    train_update = compiled(seed_batched_update(agent, config.update_seed_batch))
+    # jitted for its trace cache: `skip_training` below takes the metric shapes from the same trace
+    train_update = compiled(jax.jit(seed_batched_update(agent, config.update_seed_batch)))
     update_target = compiled(jax.vmap(agent.update_target))
 
     @compiled

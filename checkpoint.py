@@ -91,6 +91,8 @@ def load(path: str, expected) -> tuple[Any, dict[str, Any]]:
     with _open_archive(path) as archive:
         header = _header(path, archive)
         stored = set(archive.files) - {HEADER_KEY}
+        flattened = _flattened_leaves(archive.files, stored, expected_keys)
+        stored = (stored - {k for parts in flattened.values() for k in parts}) | set(flattened)
         missing = [k for k in expected_keys if k not in stored]
         if missing:
             raise CheckpointError(f"checkpoint {path!r} lacks the state leaf {missing[0]!r} "
@@ -101,12 +103,32 @@ def load(path: str, expected) -> tuple[Any, dict[str, Any]]:
                                   f"have ({len(extra)} extra): it was written for a different model or config")
         arrays = []
         for key, (_, leaf) in zip(expected_keys, expected_leaves):
-            array = _read_array(path, archive, key)
+            if key in flattened:
+                # each part keeps the leading (seed) axes of the flat leaf; the rest is raveled and concatenated
+                array = np.concatenate([_read_array(path, archive, part).reshape(*leaf.shape[:-1], -1)
+                                        for part in flattened[key]], axis=-1)
+            else:
+                array = _read_array(path, archive, key)
             if array.shape != tuple(leaf.shape) or array.dtype != leaf.dtype:
                 raise CheckpointError(f"checkpoint {path!r} holds leaf {key!r} as {array.dtype}{list(array.shape)}, "
                                       f"but this run needs {np.dtype(leaf.dtype)}{list(leaf.shape)}")
             arrays.append(array)
     return jax.device_put(jax.tree_util.tree_unflatten(treedef, arrays)), header
+
+
+def _flattened_leaves(names: list[str], stored: set[str], expected_keys: list[str]) -> dict[str, list[str]]:
+    """Leaves this version keeps as one flat vector that the checkpoint holds as a tree of leaves under the same
+    path: {expected key: the checkpoint's keys below it, in the order they were written (the tree's order)}.
+    The optimizer moments became flat vectors (`initialization.make_optimizer`); checkpoints written before
+    keep one array per parameter (`.opt_states.world_model[1][0].mu['world_model/~/gru']['b']`), and a resume
+    concatenates them as `optax.flatten` does."""
+    flattened = {}
+    for key in expected_keys:
+        if key not in stored:
+            parts = [name for name in names if name.startswith(key + "[") and name in stored]
+            if parts:
+                flattened[key] = parts
+    return flattened
 
 
 def _open_archive(path: str):

@@ -61,11 +61,21 @@ class Agent(NamedTuple):
 
 
 def make_optimizer(config: Config, learning_rate: float) -> optax.GradientTransformation:
-    """The one optimizer recipe: global-norm clipping, then AdamW with decoupled weight decay."""
-    return optax.chain(
+    """The one optimizer recipe: global-norm clipping, then AdamW with decoupled weight decay.
+
+    It runs on each network's parameters concatenated into one vector (`optax.flatten`; the moments are
+    stored flat too): the same maths as leaf by leaf, but a handful of kernels instead of several per leaf
+    (the world model has 52 leaves), which made up a large share of the compile time."""
+    return optax.flatten(optax.chain(
         optax.clip_by_global_norm(config.grad_clip),
         optax.adamw(learning_rate, eps=config.eps_adam, weight_decay=config.wd_adam),
-    )
+    ))
+
+
+def flat_norm(tree) -> jax.Array:
+    """The global L2 norm of `tree`, computed on its leaves concatenated in the order `optax.flatten` uses, so
+    XLA reuses the optimizer's concatenation instead of adding a kernel or two per leaf."""
+    return optax.tree.norm(jnp.concatenate([jnp.reshape(leaf, -1) for leaf in jax.tree.leaves(tree)]))
 
 
 def replay_frame(config: Config, spec: EnvSpec) -> tuple[tuple[int, ...], np.dtype]:
@@ -152,9 +162,8 @@ def make_agent(config: Config, env) -> Agent:
         wm_params, wm_opt = apply_update(optimizers.world_model, wm_grads, opt.world_model, params.world_model)
         actor_params, actor_opt = apply_update(optimizers.actor, actor_grads, opt.actor, params.actor)
         critic_params, critic_opt = apply_update(optimizers.critic, critic_grads, opt.critic, params.critic)
-        metrics = {**metrics, **ac_metrics, "model_grad_norm": optax.tree.norm(wm_grads),
-                   "actor_grad_norm": optax.tree.norm(actor_grads),
-                   "critic_grad_norm": optax.tree.norm(critic_grads)}
+        metrics = {**metrics, **ac_metrics, "model_grad_norm": flat_norm(wm_grads),
+                   "actor_grad_norm": flat_norm(actor_grads), "critic_grad_norm": flat_norm(critic_grads)}
         state = state._replace(
             params=params._replace(world_model=wm_params, actor=actor_params, critic=critic_params),
             opt_states=OptStates(wm_opt, actor_opt, critic_opt), key=key, updates=state.updates + 1)

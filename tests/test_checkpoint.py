@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -267,3 +268,32 @@ def test_a_resume_may_change_the_update_seed_batch_but_not_the_model():
     assert checkpoint.config_differences(stored, {**stored, "update_seed_batch": 2}) == []
     assert checkpoint.config_differences({**stored, "update_seed_batch": 1}, {**stored, "update_seed_batch": 0}) == []
     assert checkpoint.config_differences(stored, {**stored, "batch_size": 8}) == ["batch_size (checkpoint 50, now 8)"]
+
+
+def leafwise_moments(entries: dict, head: dict) -> None:
+    """Rewrites a checkpoint's optimizer moments into the layout written before they were flat vectors: one
+    array per parameter, keyed below the moment's path like the parameter below `.params.NETWORK`."""
+    rewritten = {}
+    for key, value in entries.items():
+        match = re.fullmatch(r"\.opt_states\.(\w+)\[1\]\[0\]\.(mu|nu)", key)
+        if not match:
+            rewritten[key] = value
+            continue
+        prefix = f".params.{match.group(1)}"
+        params = [(k, v) for k, v in entries.items() if k.startswith(prefix + "[")]
+        assert len(params) > 1 and sum(v.size for _, v in params) == value.size
+        offsets = np.cumsum([v[0].size for _, v in params])[:-1]
+        for (name, param), part in zip(params, np.split(value, offsets, axis=-1)):
+            rewritten[key + name[len(prefix):]] = part.reshape(param.shape)
+    entries.clear()
+    entries.update(rewritten)
+
+
+def test_a_checkpoint_with_leafwise_optimizer_moments_resumes_to_the_same_run(reference, tmp_path):
+    # Checkpoints written before the optimizer ran on flat vectors hold one moment array per parameter.
+    half = tmp_path / "half"
+    rewrite(reference / "half.ckpt", f"{half}.ckpt", leafwise_moments)
+    assert any(k.startswith(".opt_states.world_model[1][0].mu['") for k in arrays(f"{half}.ckpt"))
+    (tmp_path / "half.out").write_bytes((reference / "half.out").read_bytes())
+    assert run_main("-o", f"{half}.out", "--save_checkpoint", f"{half}.ckpt", "--load_checkpoint", f"{half}.ckpt") == 0
+    assert_same_run(reference / "full.ckpt", reference / "full.out", f"{half}.ckpt", f"{half}.out")
