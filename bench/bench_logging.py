@@ -52,7 +52,7 @@ def main(argv=None):
     steps = args.steps or eval_frequency
     num_seeds = args.seeds or config.num_seeds
     # The first block only acts (fills replay); then the shared step counter jumps past training_start_time.
-    config, agent, state, block, block_compile_s = compiled_block(
+    config, agent, state, block, block_compile_s, _ = compiled_block(
         config, environment_from_config(config), num_seeds, steps, max(2 * steps, config.sequence_length))
     keys = diagnostic_keys(range(num_seeds))
     start = time.perf_counter()

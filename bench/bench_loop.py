@@ -53,19 +53,22 @@ def time_block(compiled, state, repeats: int):
 
 def compiled_block(config, env, num_seeds: int, steps: int, training_start_time: int):
     """(config, agent, initial run state, the compiled `steps`-step block with the state donated, compile
-    seconds) for `num_seeds` vmapped seeds, training starting at `training_start_time` or later."""
+    seconds, the part of them spent tracing and lowering to StableHLO before XLA compiles) for `num_seeds`
+    vmapped seeds, training starting at `training_start_time` or later."""
     config = dataclasses.replace(config, num_seeds=num_seeds, eval_frequency=steps,
                                  training_start_time=max(config.training_start_time, training_start_time))
     agent = make_agent(config, env)
     envs = seed_environments(env, range(num_seeds), jax_env=True)
     state = initial_state(config, agent, envs, seed=0)
     start = time.perf_counter()
-    compiled = jax.jit(make_block_function(config, agent, envs, steps), donate_argnums=0).lower(state).compile()
-    return config, agent, state, compiled, time.perf_counter() - start
+    lowered = jax.jit(make_block_function(config, agent, envs, steps), donate_argnums=0).lower(state)
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
+    return config, agent, state, compiled, time.perf_counter() - start, lowered_at - start
 
 
 def bench_seeds(config, env, num_seeds: int, steps: int, repeats: int) -> dict:
-    config, _, state, compiled, compile_s = compiled_block(config, env, num_seeds, steps, (repeats + 1) * steps)
+    config, _, state, compiled, compile_s, lower_s = compiled_block(config, env, num_seeds, steps, (repeats + 1) * steps)
     state, acting_s = time_block(compiled, state, repeats)
     assert int(state.updates[0]) == 0, "acting-only blocks must not train"
     # Jump the shared step counter past training_start_time: the replay already holds enough sequences.
@@ -75,7 +78,7 @@ def bench_seeds(config, env, num_seeds: int, steps: int, repeats: int) -> dict:
     replay_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state.replay)) // num_seeds
     device_stats = jax.devices()[0].memory_stats() or {}  # None on CPU
     return {"seeds": num_seeds, "acting_s_per_step": acting_s / steps, "training_s_per_step": training_s / steps,
-            "compile_s": compile_s, "replay_bytes_per_seed": replay_bytes,
+            "compile_s": compile_s, "lower_s": lower_s, "replay_bytes_per_seed": replay_bytes,
             "update_seed_batch": update_seed_batch(config.update_seed_batch, num_seeds),
             "device_peak_bytes": device_stats.get("peak_bytes_in_use")}
 
