@@ -68,7 +68,8 @@ def compiled_block(config, env, num_seeds: int, steps: int, training_start_time:
 
 
 def bench_seeds(config, env, num_seeds: int, steps: int, repeats: int) -> dict:
-    config, _, state, compiled, compile_s, lower_s = compiled_block(config, env, num_seeds, steps, (repeats + 1) * steps)
+    config, _, state, compiled, compile_s, lower_s = compiled_block(
+        config, env, num_seeds, steps, (repeats + 1) * steps)
     state, acting_s = time_block(compiled, state, repeats)
     assert int(state.updates[0]) == 0, "acting-only blocks must not train"
     # Jump the shared step counter past training_start_time: the replay already holds enough sequences.
