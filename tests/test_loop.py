@@ -91,7 +91,8 @@ def test_seed_batched_update_matches_the_vmapped_update(debug_config):
     vmapped, vmapped_metrics = jax.jit(seed_batched_update(agent, 3))(state)
     assert _leaves_equal(mapped.replay, state.replay)
     np.testing.assert_array_equal(mapped.updates, vmapped.updates)
-    for a, b in zip(jax.tree.leaves((mapped.params, mapped_metrics)), jax.tree.leaves((vmapped.params, vmapped_metrics))):
+    for a, b in zip(jax.tree.leaves((mapped.params, mapped_metrics)),
+                    jax.tree.leaves((vmapped.params, vmapped_metrics))):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
     assert not _leaves_equal(mapped.params, state.params)
 
