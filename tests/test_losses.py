@@ -3,6 +3,7 @@
 import dataclasses
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -154,3 +155,32 @@ def test_flat_optimizer_matches_the_same_recipe_leaf_by_leaf():
     for a, b in zip(jax.tree.leaves(flat_params), jax.tree.leaves(leaf_params)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     assert not np.allclose(jax.tree.leaves(flat_params)[0], jax.tree.leaves(params)[0])  # it did move
+
+
+def _depends_on_inputs(jaxpr, marked: set) -> list:
+    """The equations of `jaxpr` with an input computed from a `marked` variable (nested jaxprs count as one
+    equation: the test below refuses them on the parameters' path, so nothing hides in them)."""
+    hits = []
+    for eqn in jaxpr.eqns:
+        if any(isinstance(v, jax.extend.core.Var) and v in marked for v in eqn.invars):
+            hits.append(eqn)
+            marked.update(eqn.outvars)
+    return hits
+
+
+def test_the_optimizer_never_concatenates_the_parameters():
+    # Each new parameter must read only its old self, elementwise, so that XLA can write it in place. When the
+    # parameters were concatenated (weight decay inside optax.flatten), XLA:GPU fused that concatenation into
+    # every parameter's update and the loop's skip-training branch copied all parameters at every env step.
+    config = dataclasses.replace(Config(), wd_adam=1e-2)
+    optimizer = make_optimizer(config, 1e-2)
+    params = {"a": {"w": jnp.ones((3, 4)), "b": jnp.ones((4,))}, "c": jnp.ones((5,))}
+    grads, state = jax.tree.map(lambda x: 0.5 * x, params), optimizer.init(params)
+    closed = jax.make_jaxpr(lambda p: optax.apply_updates(p, optimizer.update(grads, state, p)[0]))(params)
+    from_params = _depends_on_inputs(closed.jaxpr, set(closed.jaxpr.invars))
+    assert from_params  # the decay reads the parameters
+    assert all(eqn.primitive.name not in ("concatenate", "pjit") for eqn in from_params), \
+        sorted({eqn.primitive.name for eqn in from_params})
+    # the gradients, by contrast, are concatenated: the flat part of the recipe is there
+    flat = jax.make_jaxpr(lambda g: optimizer.update(g, state, params)[0])(grads)
+    assert "concatenate" in {eqn.primitive.name for eqn in _depends_on_inputs(flat.jaxpr, set(flat.jaxpr.invars))}
