@@ -21,6 +21,7 @@ import jax  # noqa: E402
 import jax.extend  # noqa: E402
 import numpy as np  # noqa: E402
 
+from agent_environment_interaction_loop import compiler_options  # noqa: E402
 from bench_loop import machine_info  # noqa: E402  (this folder is on sys.path when run as a script)
 from config import load_config  # noqa: E402
 from environments import environment_from_config  # noqa: E402
@@ -116,7 +117,9 @@ def main(argv=None):
         batch = batch._replace(obs=unpack_frames(batch.obs, env.spec.obs_shape))
     params, key = state.params, jax.random.PRNGKey(3)
 
-    wm_step = jax.jit(jax.value_and_grad(lambda p, b, k: world_model_loss(c, wm, p, b, k), has_aux=True))
+    options = compiler_options()  # as the training programs are compiled
+    wm_grad = jax.value_and_grad(lambda p, b, k: world_model_loss(c, wm, p, b, k), has_aux=True)
+    wm_step = jax.jit(wm_grad, compiler_options=options)
     (_, (_, posterior)), _ = wm_step(params.world_model, batch, key)
     start_h = posterior.h.reshape(-1, c.num_hidden_units)
     start_z = posterior.z.reshape(-1, latent_size(c))
@@ -127,8 +130,8 @@ def main(argv=None):
                                                     rollout)[:2])
         return jax.grad(loss, argnums=(0, 1))(params.actor, params.critic)
 
-    ac_step = jax.jit(actor_critic_step)
-    update = jax.jit(agent.train_update)
+    ac_step = jax.jit(actor_critic_step, compiler_options=options)
+    update = jax.jit(agent.train_update, compiler_options=options)
 
     update_s = best_time(update, state, repeats=args.repeats)
     wm_s = best_time(wm_step, params.world_model, batch, key, repeats=args.repeats)
@@ -140,8 +143,8 @@ def main(argv=None):
         "config": args.config, "overrides": args.set, "batch_size": c.batch_size,
         "sequence_length": c.sequence_length, "rollout_length": c.rollout_length,
         "update_s": update_s, "world_model_s": wm_s, "actor_critic_s": ac_s,
-        "flops": update_flops, "world_model_flops": flops(wm_step, params.world_model, batch, key),
-        "actor_critic_flops": flops(ac_step, params, start_h, start_z, key),
+        "flops": update_flops, "world_model_flops": flops(wm_grad, params.world_model, batch, key),
+        "actor_critic_flops": flops(actor_critic_step, params, start_h, start_z, key),
         "xla_flops": xla_flops(update.lower(state).compile()),
         "gflops_per_s": gflops_per_s, "roofline_gflops_per_s": roofline, "roofline_fraction": gflops_per_s / roofline,
         "machine": machine_info(),
