@@ -51,13 +51,19 @@ class Drivers(NamedTuple):
     # Python, donating the first argument (the state: the replay is updated in place) where donate_first
 
 
-def compiler_options(backend: str | None = None) -> dict | None:
+def compiler_options() -> dict | None:
     """XLA options for the training programs. On CPU, LLVM optimises the generated kernels at level 1
     instead of the default: the block compiles about a quarter faster and runs as fast, since the time goes
     to matmuls and convolutions in precompiled libraries, not to the generated elementwise loops (measured in
     bench/README.md, "Where the compile time goes"). The float results differ from the default level's in
     the last bits, deterministically. Other backends keep XLA's defaults."""
-    return {"xla_backend_optimization_level": 1} if (backend or jax.default_backend()) == "cpu" else None
+    return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
+
+
+def jit_block(block: Callable) -> Callable:
+    """A block function of the JAX drivers jitted as the scripts run it: the state donated (the replay is
+    updated in place), compiled with `compiler_options()`."""
+    return jax.jit(block, donate_argnums=0, compiler_options=compiler_options())
 
 
 def _jit_piece(piece: Callable, donate_first: bool = True) -> Callable:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import checkpoint
-from agent_environment_interaction_loop import PYTHON_DRIVERS, BlockMetrics, compiler_options, make_block_function
+from agent_environment_interaction_loop import PYTHON_DRIVERS, BlockMetrics, jit_block, make_block_function
 from config import Config, ConfigError, config_to_dict, load_config
 from environments import environment_from_config, seed_environments
 from initialization import RunState, check_observations, make_agent
@@ -167,8 +167,7 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
     compiled, compile_start = {}, time.time()
     if config.jax_env:  # one program per block size (at most two), compiled before the run starts
         for size in sorted(set(block_sizes)):
-            block = jax.jit(make_block_function(config, agent, envs, size), donate_argnums=0,
-                            compiler_options=compiler_options())
+            block = jit_block(make_block_function(config, agent, envs, size))
             compiled[size] = block.lower(state).compile()
     else:  # a Python loop whose jitted pieces compile on their first use, once for every block size
         block = make_block_function(config, agent, envs, config.eval_frequency, PYTHON_DRIVERS)

@@ -26,7 +26,7 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from agent_environment_interaction_loop import compiler_options, make_block_function, update_seed_batch  # noqa: E402
+from agent_environment_interaction_loop import jit_block, make_block_function, update_seed_batch  # noqa: E402
 from config import load_config  # noqa: E402
 from environments import environment_from_config, seed_environments  # noqa: E402
 from experiment import initial_state  # noqa: E402
@@ -61,8 +61,7 @@ def compiled_block(config, env, num_seeds: int, steps: int, training_start_time:
     envs = seed_environments(env, range(num_seeds), jax_env=True)
     state = initial_state(config, agent, envs, seed=0)
     start = time.perf_counter()
-    lowered = jax.jit(make_block_function(config, agent, envs, steps), donate_argnums=0,
-                      compiler_options=compiler_options()).lower(state)
+    lowered = jit_block(make_block_function(config, agent, envs, steps)).lower(state)
     lowered_at = time.perf_counter()
     compiled = lowered.compile()
     return config, agent, state, compiled, time.perf_counter() - start, lowered_at - start

@@ -21,11 +21,10 @@ import huge_pages  # noqa: E402
 if __name__ == "__main__":
     huge_pages.reexec_with_huge_pages()  # before jax is imported; DREAMER_NO_HUGE_PAGES=1 to measure without
 
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from bench_loop import machine_info, time_block  # noqa: E402  (this folder is on sys.path when run as a script)
-from agent_environment_interaction_loop import JAX_DRIVERS, PYTHON_DRIVERS, make_block_function  # noqa: E402
+from agent_environment_interaction_loop import JAX_DRIVERS, PYTHON_DRIVERS, jit_block, make_block_function  # noqa: E402
 from config import load_config  # noqa: E402
 from environments import environment_from_config, seed_environments  # noqa: E402
 from experiment import initial_state  # noqa: E402
@@ -42,8 +41,7 @@ def bench_path(config, steps: int, repeats: int) -> dict:
     state = initial_state(config, agent, envs, seed=0)
     start = time.perf_counter()
     if config.jax_env:
-        block = jax.jit(make_block_function(config, agent, envs, steps, JAX_DRIVERS), donate_argnums=0)
-        block = block.lower(state).compile()
+        block = jit_block(make_block_function(config, agent, envs, steps, JAX_DRIVERS)).lower(state).compile()
     else:
         block = make_block_function(config, agent, envs, steps, PYTHON_DRIVERS)
     state, _ = block(state)  # warm-up; for the Python path this compiles the acting pieces
