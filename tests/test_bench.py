@@ -1,0 +1,42 @@
+"""The bench scripts run on the debug config and print one JSON object with the keys issue 7 asks for. No
+timing is asserted: the figures are measured, not tested (see bench/README.md)."""
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+
+import bench_loop  # noqa: E402
+import bench_update  # noqa: E402
+
+
+def _printed_json(capsys):
+    out = capsys.readouterr().out
+    return json.loads(out)  # the whole of stdout is one JSON object
+
+
+def test_bench_loop_prints_the_table_for_each_seed_count(capsys):
+    bench_loop.main(["-c", "configs/debug.json", "--seeds", "1,2", "--steps", "10", "--repeats", "1"])
+    report = _printed_json(capsys)
+    assert [r["seeds"] for r in report["results"]] == [1, 2]
+    for r in report["results"]:
+        for key in ("acting_s_per_step", "training_s_per_step", "relative_efficiency", "wall_clock_slowdown"):
+            assert r[key] > 0, key
+        assert r["training_s_per_step"] > r["acting_s_per_step"]  # training blocks ran updates
+    assert report["results"][0]["relative_efficiency"] == 1.0
+    assert report["compile_s"] > 0 and report["peak_rss_mb"] > 0
+    assert report["replay_bytes_per_seed"] > 0 and report["machine"]["devices"]
+
+
+def test_bench_update_prints_times_flops_and_roofline(capsys):
+    bench_update.main(["-c", "configs/debug.json", "--repeats", "1"])
+    report = _printed_json(capsys)
+    for key in ("update_s", "world_model_s", "actor_critic_s", "flops", "world_model_flops", "actor_critic_flops",
+                "xla_flops", "gflops_per_s", "roofline_gflops_per_s", "roofline_fraction", "roofline_bound_s"):
+        assert report[key] > 0, key
+    # the two halves' matrix products make up the update's (the update adds no matmul of its own)
+    assert report["flops"] == pytest.approx(report["world_model_flops"] + report["actor_critic_flops"])
+    assert report["roofline_bound_s"] == pytest.approx(report["flops"] / report["roofline_gflops_per_s"] / 1e9)
