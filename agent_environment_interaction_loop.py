@@ -60,14 +60,14 @@ def compiler_options() -> dict | None:
     return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
 
 
-def jit_block(block: Callable) -> Callable:
-    """A block function of the JAX drivers jitted as the scripts run it: the state donated (the replay is
-    updated in place), compiled with `compiler_options()`."""
-    return jax.jit(block, donate_argnums=0, compiler_options=compiler_options())
-
-
 def _jit_piece(piece: Callable, donate_first: bool = True) -> Callable:
     return jax.jit(piece, donate_argnums=0 if donate_first else (), compiler_options=compiler_options())
+
+
+def jit_block(block: Callable) -> Callable:
+    """A block function of the JAX drivers jitted as the scripts run it: the state donated (the replay is
+    updated in place), compiled with `compiler_options()`, as the Python drivers' pieces are."""
+    return _jit_piece(block)
 
 
 JAX_DRIVERS = Drivers(jax.lax.scan, jax.lax.cond, lambda piece, donate_first=True: piece)
