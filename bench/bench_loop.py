@@ -75,10 +75,12 @@ def bench_seeds(config, env, num_seeds: int, steps: int, repeats: int) -> dict:
     # Jump the shared step counter past training_start_time: the replay already holds enough sequences.
     state = state._replace(env_steps=jnp.full_like(state.env_steps, config.training_start_time))
     state, training_s = time_block(compiled, state, repeats)
-    assert int(state.updates[0]) > 0
+    updates_per_block = int(state.updates[0]) / repeats  # seed 0's training updates per timed training block
+    assert updates_per_block > 0
     replay_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state.replay)) // num_seeds
     device_stats = jax.devices()[0].memory_stats() or {}  # None on CPU
     return {"seeds": num_seeds, "acting_s_per_step": acting_s / steps, "training_s_per_step": training_s / steps,
+            "updates_per_training_block": updates_per_block,
             "compile_s": compile_s, "lower_s": lower_s, "replay_bytes_per_seed": replay_bytes,
             "update_seed_batch": update_seed_batch(config.update_seed_batch, num_seeds),
             "device_peak_bytes": device_stats.get("peak_bytes_in_use")}

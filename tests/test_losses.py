@@ -132,6 +132,31 @@ def test_conv3x3_matches_haiku_conv2d_same_padding(channels, filters):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.parametrize("start,lead", [(0, (6,)), (5, (3, 4))])  # block first (transition) / after h (features)
+def test_one_hot_block_linear_matches_haiku_linear(start, lead):
+    import haiku as hk
+
+    from networks import Linear
+    groups, width, rest = 4, 3, 5
+    key_z, key_x, key_g, key_p = jax.random.split(jax.random.PRNGKey(0), 4)
+    logits = jax.random.normal(key_z, (*lead, groups, width))
+    z = sample_latent(Config(num_features=groups, feature_width=width), key_g, logits.reshape(*lead, -1))
+    z = z.reshape(*lead, groups, width).at[..., 1, :].set(0.0).reshape(*lead, -1)  # a vector with no non-zero entry
+    dense = jax.random.normal(key_x, (*lead, rest))
+    x = jnp.concatenate([dense[..., :start], z, dense[..., start:]], -1)
+    ours = hk.without_apply_rng(hk.transform(lambda x: Linear(7, (start, groups, width))(x)))
+    reference = hk.without_apply_rng(hk.transform(lambda x: hk.Linear(7)(x)))
+    params = reference.init(key_p, x)
+    jax.tree.map(np.testing.assert_array_equal, ours.init(key_p, x), params)  # the same initialisation
+    params = jax.tree.map(lambda p: p + 0.1, params)  # a nonzero bias too
+    np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), atol=1e-5)
+    grad = lambda f: jax.grad(lambda p, x: jnp.sum(jnp.sin(f.apply(p, x))), argnums=(0, 1))(params, x)
+    for a, b in zip(jax.tree.leaves(grad(ours)), jax.tree.leaves(grad(reference))):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    batched = jax.vmap(ours.apply, in_axes=(None, 0))(params, x)  # seeds are vmapped
+    np.testing.assert_allclose(batched, reference.apply(params, x), atol=1e-5)
+
+
 def test_flat_optimizer_matches_the_same_recipe_leaf_by_leaf():
     # make_optimizer runs on one flat vector per network (fewer kernels to compile); its steps must be those of
     # the same chain applied leaf by leaf. The gradients are large enough for the global-norm clip to act.
