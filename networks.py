@@ -296,6 +296,8 @@ class WorldModel(NamedTuple):
     decode(params, feat [..., H+Z]) -> observation logits/means [..., *obs]
     reward(params, h [..., H]) -> [..., 2] (mean, log std; log std ignored unless learned)
     termination(params, h [..., H]) -> termination logit [...]
+    A categorical z must be a sample (at most one non-zero entry per latent variable, as `sample_latent`
+    returns): the layers reading it multiply it by gathering weight rows (`Linear`).
     """
 
     init: Callable
@@ -356,7 +358,8 @@ def make_world_model(config: Config, obs_shape: tuple[int, ...], num_actions: in
 
 
 def make_actor_critic(config: Config, num_actions: int):
-    """(actor, critic) haiku transforms: feature [..., H+Z] -> action logits [..., A] / value [...]."""
+    """(actor, critic) haiku transforms: feature [..., H+Z] -> action logits [..., A] / value [...]. A categorical
+    latent in the features must be a sample, as in `WorldModel`."""
     c = config
     mlp = lambda output_size, name: MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, output_size,
                                         feature_one_hot_block(c, c.num_hidden_units), name=name)  # features [h, z]
