@@ -76,13 +76,14 @@ class Linear(hk.Linear):
         super().__init__(output_size, name=name)
         self.one_hot_block = one_hot_block
 
-    def __call__(self, inputs):
+    def __call__(self, inputs, *, precision=None):
         if self.one_hot_block is None or jax.default_backend() != "cpu":
-            return super().__call__(inputs)
+            return super().__call__(inputs, precision=precision)
+        # hk.Linear's parameters, created as it creates them; only the product differs
         self.input_size = inputs.shape[-1]
-        w_init = hk.initializers.TruncatedNormal(stddev=1.0 / np.sqrt(self.input_size))
+        w_init = self.w_init or hk.initializers.TruncatedNormal(stddev=1.0 / np.sqrt(self.input_size))
         w = hk.get_parameter("w", [self.input_size, self.output_size], inputs.dtype, init=w_init)
-        b = hk.get_parameter("b", [self.output_size], inputs.dtype, init=jnp.zeros)
+        b = hk.get_parameter("b", [self.output_size], inputs.dtype, init=self.b_init)
         return one_hot_block_matmul(inputs, w, self.one_hot_block) + b
 
 
