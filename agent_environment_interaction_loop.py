@@ -17,6 +17,7 @@ import numpy as np
 
 from config import Config
 from initialization import Agent, RunState
+from networks import latent_size
 from replay_buffer import add
 
 
@@ -108,17 +109,37 @@ def make_store(agent: Agent) -> Callable:
     return store
 
 
-def update_seed_batch(requested: int, num_seeds: int, backend: str | None = None) -> int:
-    """Seeds per batch of training updates: `requested`, or for 0 all seeds on an accelerator and one on CPU
-    (XLA:CPU gains little from batching seeds, while the update's temporaries grow with the batch)."""
+# On CPU, seeds whose updates are small run them vmapped together, up to this many bytes of imagined features
+# (`update_seed_bytes`) a batch: for a small model an update is mostly per-kernel overhead, which a batch
+# pays once (configs/quickstart.json, 8 seeds: 28 ms per env step with training vmapped against 38 ms one seed
+# at a time, bench/results.md). One seed of config.json (135 MB) is past it, and runs alone: its update
+# already keeps the cores busy, and vmapping would multiply its 2.4 GB of temporaries.
+CPU_BATCH_BYTES = 64 * 2**20
+
+
+def update_seed_bytes(config: Config) -> int:
+    """Bytes of one seed's imagined features, [rollout_length + 1, batch_size * sequence_length, h + z] float32:
+    the update's large arrays grow with it, so it stands for the update's size in the CPU default below."""
+    states = config.batch_size * config.sequence_length
+    return 4 * (config.rollout_length + 1) * states * (config.num_hidden_units + latent_size(config))
+
+
+def update_seed_batch(requested: int, num_seeds: int, backend: str | None = None, seed_bytes: int = 0) -> int:
+    """Seeds per batch of training updates: `requested`, or for 0 all seeds on an accelerator, and on CPU the
+    largest divisor of `num_seeds` whose seeds fit in `CPU_BATCH_BYTES` at `seed_bytes` a seed
+    (`update_seed_bytes`; one where it is not given): XLA:CPU gains from batching small updates only, while
+    the temporaries grow with the batch. A divisor, so that one compiled copy of the update serves all batches."""
     if requested == 0:
-        requested = 1 if (backend or jax.default_backend()) == "cpu" else num_seeds
+        if (backend or jax.default_backend()) != "cpu":
+            return num_seeds
+        fitting = CPU_BATCH_BYTES // seed_bytes if seed_bytes > 0 else 1
+        return max(size for size in range(1, num_seeds + 1) if num_seeds % size == 0 and size <= max(fitting, 1))
     return min(requested, num_seeds)
 
 
-def seed_batched_update(agent: Agent, requested_batch: int) -> Callable:
+def seed_batched_update(agent: Agent, requested_batch: int, seed_bytes: int = 0) -> Callable:
     """The training update for a leading seed axis: vmapped over all seeds at once, or over batches of
-    `update_seed_batch(requested_batch, seeds)` seeds one after another in a loop that updates the state's
+    `update_seed_batch(requested_batch, seeds, seed_bytes=seed_bytes)` seeds one after another in a loop that updates the state's
     slices in place. The replay is only read, never carried or copied."""
     # jitted, so that the trace made for the metric shapes below is reused by the calls (the update is
     # the largest function of a block: tracing it twice took seconds)
@@ -126,7 +147,7 @@ def seed_batched_update(agent: Agent, requested_batch: int) -> Callable:
 
     def update(state: RunState):
         num_seeds = state.env_steps.shape[0]
-        batch = update_seed_batch(requested_batch, num_seeds)
+        batch = update_seed_batch(requested_batch, num_seeds, seed_bytes=seed_bytes)
         if batch == num_seeds:
             return vmapped(state)
         replay, seeds = state.replay, state._replace(replay=None)
@@ -169,7 +190,8 @@ def make_block_function(config: Config, agent: Agent, envs, num_steps: int,
     act = compiled(jax.vmap(make_act(agent)), donate_first=False)
     vmapped_store = jax.vmap(make_store(agent))
     # jitted for its trace cache: `skip_training` below takes the metric shapes from the same trace
-    train_update = compiled(jax.jit(seed_batched_update(agent, config.update_seed_batch)))
+    seeds_update = seed_batched_update(agent, config.update_seed_batch, update_seed_bytes(config))
+    train_update = compiled(jax.jit(seeds_update))
     update_target = compiled(jax.vmap(agent.update_target))
 
     @compiled

@@ -26,7 +26,8 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from agent_environment_interaction_loop import jit_block, make_block_function, update_seed_batch  # noqa: E402
+from agent_environment_interaction_loop import (  # noqa: E402
+    jit_block, make_block_function, update_seed_batch, update_seed_bytes)
 from config import load_config  # noqa: E402
 from environments import environment_from_config, seed_environments  # noqa: E402
 from experiment import initial_state  # noqa: E402
@@ -82,7 +83,8 @@ def bench_seeds(config, env, num_seeds: int, steps: int, repeats: int) -> dict:
     return {"seeds": num_seeds, "acting_s_per_step": acting_s / steps, "training_s_per_step": training_s / steps,
             "updates_per_training_block": updates_per_block,
             "compile_s": compile_s, "lower_s": lower_s, "replay_bytes_per_seed": replay_bytes,
-            "update_seed_batch": update_seed_batch(config.update_seed_batch, num_seeds),
+            "update_seed_batch": update_seed_batch(config.update_seed_batch, num_seeds,
+                                                  seed_bytes=update_seed_bytes(config)),
             "device_peak_bytes": device_stats.get("peak_bytes_in_use")}
 
 

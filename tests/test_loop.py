@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from agent_environment_interaction_loop import make_block_function, seed_batched_update, update_seed_batch
+from agent_environment_interaction_loop import (CPU_BATCH_BYTES, make_block_function, seed_batched_update,
+                                                update_seed_batch, update_seed_bytes)
 from config import load_config
 from environments import environment_from_config, seed_environments
 from experiment import initial_state, run
@@ -100,6 +101,15 @@ def test_seed_batched_update_matches_the_vmapped_update(debug_config):
 def test_update_seed_batch_default_depends_on_the_backend():
     assert update_seed_batch(0, 8, backend="cpu") == 1
     assert update_seed_batch(0, 8, backend="gpu") == 8
+    # on CPU, by the update's size: small updates together (as many as fit, a divisor of the seeds), large alone
+    small, large = update_seed_bytes(load_config("configs/quickstart.json", [])), update_seed_bytes(
+        load_config("config.json", []))
+    assert update_seed_batch(0, 8, backend="cpu", seed_bytes=small) == 8
+    assert update_seed_batch(0, 8, backend="cpu", seed_bytes=large) == 1
+    assert update_seed_batch(0, 12, backend="cpu", seed_bytes=CPU_BATCH_BYTES // 5) == 4
+    assert update_seed_batch(0, 7, backend="cpu", seed_bytes=CPU_BATCH_BYTES // 5) == 1
+    assert update_seed_batch(0, 8, backend="gpu", seed_bytes=large) == 8
+    assert update_seed_batch(2, 8, backend="cpu", seed_bytes=small) == 2
     assert update_seed_batch(3, 8, backend="cpu") == 3
     assert update_seed_batch(16, 8, backend="gpu") == 8
 
