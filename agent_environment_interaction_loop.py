@@ -111,8 +111,8 @@ def make_store(agent: Agent) -> Callable:
 
 # On CPU, seeds whose updates are small run them vmapped together, up to this many bytes of imagined features
 # (`update_seed_bytes`) a batch: for a small model an update is mostly per-kernel overhead, which a batch
-# pays once (configs/quickstart.json, 8 seeds: 28 ms per env step with training vmapped against 38 ms one seed
-# at a time, bench/results.md). One seed of config.json (135 MB) is past it, and runs alone: its update
+# pays once (configs/quickstart.json, 8 seeds: 24-29 ms per env step with training vmapped against 33-38 ms one
+# seed at a time, bench/results.md). One seed of config.json (128 MiB) is past it, and runs alone: its update
 # already keeps the cores busy, and vmapping would multiply its 2.4 GB of temporaries.
 CPU_BATCH_BYTES = 64 * 2**20
 
@@ -132,15 +132,15 @@ def update_seed_batch(requested: int, num_seeds: int, backend: str | None = None
     if requested == 0:
         if (backend or jax.default_backend()) != "cpu":
             return num_seeds
-        fitting = CPU_BATCH_BYTES // seed_bytes if seed_bytes > 0 else 1
-        return max(size for size in range(1, num_seeds + 1) if num_seeds % size == 0 and size <= max(fitting, 1))
+        fitting = max(1, CPU_BATCH_BYTES // seed_bytes) if seed_bytes > 0 else 1
+        return max(size for size in range(1, min(fitting, num_seeds) + 1) if num_seeds % size == 0)
     return min(requested, num_seeds)
 
 
 def seed_batched_update(agent: Agent, requested_batch: int, seed_bytes: int = 0) -> Callable:
     """The training update for a leading seed axis: vmapped over all seeds at once, or over batches of
-    `update_seed_batch(requested_batch, seeds, seed_bytes=seed_bytes)` seeds one after another in a loop that updates the state's
-    slices in place. The replay is only read, never carried or copied."""
+    `update_seed_batch(requested_batch, seeds, seed_bytes=seed_bytes)` seeds one after another in a loop that
+    updates the state's slices in place. The replay is only read, never carried or copied."""
     # jitted, so that the trace made for the metric shapes below is reused by the calls (the update is
     # the largest function of a block: tracing it twice took seconds)
     vmapped = jax.jit(jax.vmap(agent.train_update))
