@@ -44,9 +44,10 @@ class Config:
     num_seeds: int = _opt(5, "independent seeds run side by side in one vmapped program", ge=1)
     update_seed_batch: int = _opt(
         0, "seeds whose training updates run together as one vmapped batch, batch after batch; fewer use less "
-        "memory. 0: all seeds at once on GPU/TPU; on CPU all seeds for small models, one at a time for larger "
-        "ones (agent_environment_interaction_loop.update_seed_batch). A value that does not divide num_seeds "
-        "compiles a second copy of the update for the remaining seeds", ge=0)
+        "memory. 0: on GPU/TPU all seeds at once, or the fewest batches that fit in device memory; on CPU all "
+        "seeds for small models, one at a time for larger ones (agent_environment_interaction_loop."
+        "update_seed_batch). A value that does not divide num_seeds compiles a second copy of the update for the "
+        "remaining seeds", ge=0)
     eval_frequency: int = _opt(500, "env steps per compiled block, i.e. between two metric logs", ge=1)
     checkpoint_frequency: int = _opt(10_000, "env steps between checkpoints, used by checkpointing", ge=1)
     model_alpha: float = _opt(2e-4, "world-model learning rate", gt=0)

@@ -3,6 +3,10 @@ its FLOPs and the achieved fraction of a float32 matmul roofline measured in the
 the update would take at that roofline: a lower bound for this device).
 
     python3 bench/bench_update.py -c config.json
+    python3 bench/bench_update.py -c config.json --seeds 20   # 20 seeds' updates vmapped, as the loop runs them
+
+With --seeds N the three timed functions are vmapped over N seeds (each seed its own key; the same replay,
+parameters and optimizer state copied N times), and the times and FLOPs are those of all N seeds together.
 """
 
 import argparse
@@ -20,6 +24,7 @@ if __name__ == "__main__":
 
 import jax  # noqa: E402
 import jax.extend  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from agent_environment_interaction_loop import compiler_options  # noqa: E402
@@ -95,8 +100,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", default="config.json")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=1, help="seeds whose updates are vmapped together (default 1)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be a positive integer, got {args.seeds}")
     c = load_config(args.config, args.set)
     env = environment_from_config(c)
     agent = make_agent(c, env)
@@ -131,19 +139,31 @@ def main(argv=None):
                                                     rollout)[:2])
         return jax.grad(loss, argnums=(0, 1))(params.actor, params.critic)
 
+    train_update = agent.train_update
+    if args.seeds > 1:  # every argument gets a leading seed axis; the keys differ per seed
+        n = args.seeds
+        copies = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), tree)
+        keys = lambda k: jax.random.split(k, n)
+        wm_grad, actor_critic_step, train_update = (
+            jax.vmap(wm_grad), jax.vmap(actor_critic_step), jax.vmap(train_update))
+        wm_step = jax.jit(wm_grad, compiler_options=options)
+        state = copies(state)._replace(key=keys(state.key))
+        params, batch, start_h, start_z = copies((params, batch, start_h, start_z))
+        key = keys(key)
+
     ac_step = jax.jit(actor_critic_step, compiler_options=options)
-    update = jax.jit(agent.train_update, compiler_options=options).lower(state).compile()  # compiled once
+    update = jax.jit(train_update, compiler_options=options).lower(state).compile()  # compiled once
 
     update_s = best_time(update, state, repeats=args.repeats)
     wm_s = best_time(wm_step, params.world_model, batch, key, repeats=args.repeats)
     ac_s = best_time(ac_step, params, start_h, start_z, key, repeats=args.repeats)
-    update_flops = flops(agent.train_update, state)
+    update_flops = flops(train_update, state)
     roofline = matmul_roofline(args.repeats)
     gflops_per_s = update_flops / update_s / 1e9
     print(json.dumps({
-        "config": args.config, "overrides": args.set, "batch_size": c.batch_size,
+        "config": args.config, "overrides": args.set, "seeds": args.seeds, "batch_size": c.batch_size,
         "sequence_length": c.sequence_length, "rollout_length": c.rollout_length,
-        "update_s": update_s, "world_model_s": wm_s, "actor_critic_s": ac_s,
+        "update_s": update_s, "world_model_s": wm_s, "actor_critic_s": ac_s, "update_s_per_seed": update_s / args.seeds,
         "flops": update_flops, "world_model_flops": flops(wm_grad, params.world_model, batch, key),
         "actor_critic_flops": flops(actor_critic_step, params, start_h, start_z, key),
         "xla_flops": xla_flops(update),

@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+import jax
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
@@ -34,11 +35,20 @@ def test_bench_loop_prints_the_table_for_each_seed_count(capsys):
 
 
 def test_bench_update_prints_times_flops_and_roofline(capsys):
-    bench_update.main(["-c", "configs/debug.json", "--repeats", "1"])
+    # two seeds vmapped, as the loop runs them; one seed is the same code without the vmap
+    bench_update.main(["-c", "configs/debug.json", "--repeats", "1", "--seeds", "2"])
     report = _printed_json(capsys)
+    assert report["seeds"] == 2 and report["update_s_per_seed"] == pytest.approx(report["update_s"] / 2)
     for key in ("update_s", "world_model_s", "actor_critic_s", "flops", "world_model_flops", "actor_critic_flops",
                 "xla_flops", "gflops_per_s", "roofline_gflops_per_s", "roofline_fraction", "roofline_bound_s"):
         assert report[key] > 0, key
     # the two halves' matrix products make up the update's (the update adds no matmul of its own)
     assert report["flops"] == pytest.approx(report["world_model_flops"] + report["actor_critic_flops"])
     assert report["roofline_bound_s"] == pytest.approx(report["flops"] / report["roofline_gflops_per_s"] / 1e9)
+
+
+def test_matmul_flops_counts_every_seed_of_a_vmapped_product():
+    x, w = jax.numpy.ones((3, 4, 5)), jax.numpy.ones((3, 5, 6))
+    one = bench_update.flops(lambda x, w: x @ w, x[0], w[0])
+    assert one == 2 * 4 * 5 * 6
+    assert bench_update.flops(jax.vmap(lambda x, w: x @ w), x, w) == 3 * one

@@ -112,6 +112,14 @@ def test_update_seed_batch_default_depends_on_the_backend():
     assert update_seed_batch(2, 8, backend="cpu", seed_bytes=small) == 2
     assert update_seed_batch(3, 8, backend="cpu") == 3
     assert update_seed_batch(16, 8, backend="gpu") == 8
+    # on an accelerator, all seeds while their vmapped update fits in its memory, else the fewest batches that do
+    h100 = 60 * 10**9  # what JAX's allocator holds on an 80 GB card: 25 seeds of config.json fit
+    assert update_seed_batch(0, 20, backend="gpu", seed_bytes=large, device_bytes=h100) == 20
+    assert update_seed_batch(0, 40, backend="gpu", seed_bytes=large, device_bytes=h100) == 20
+    assert update_seed_batch(0, 37, backend="gpu", seed_bytes=large, device_bytes=h100) == 19  # and 18
+    assert update_seed_batch(0, 80, backend="gpu", seed_bytes=small, device_bytes=h100) == 80
+    assert update_seed_batch(0, 8, backend="gpu", seed_bytes=large, device_bytes=1) == 1
+    assert update_seed_batch(4, 40, backend="gpu", seed_bytes=large, device_bytes=h100) == 4
 
 
 def test_initial_params_of_seed_i_match_single_seed(debug_config):
