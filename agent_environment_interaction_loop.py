@@ -127,10 +127,11 @@ def update_seed_bytes(config: Config) -> int:
 # On an accelerator the seeds' updates run as one vmapped batch as long as it fits: its device memory is about
 # ACCELERATOR_BYTES_PER_SEED_BYTE x `update_seed_bytes` a seed (config.json, 128 MiB: 1.66 GB a seed on an H100
 # at 20 seeds, up to 1.83 GB on an H200 at 40; bench/results.md), and a batch may take this fraction of what
-# the device's allocator holds. Batches of the in-place loop cost no acting time there either (H100, 20 seeds in
-# batches of 5: acting 0.32 ms per step, as vmapped; the updates 29% slower, device peak 14 GB against 33 GB).
+# the device's allocator holds, the rest left to all seeds' parameters, optimizer states and replays. Batches of
+# the in-place loop cost no acting time there either (H100, 20 seeds in batches of 5: acting 0.32 ms per step,
+# as vmapped; the updates 30% slower, device peak 14 GB against 33 GB).
 ACCELERATOR_BYTES_PER_SEED_BYTE = 14
-ACCELERATOR_MEMORY_FRACTION = 0.8
+ACCELERATOR_MEMORY_FRACTION = 0.7
 
 
 def device_memory_bytes() -> int | None:
