@@ -18,9 +18,9 @@ def test_quickstart_agent_learns_catch():
     first = [np.mean(returns[:50]) for returns in result["returns"]]
     last = [np.mean(returns[-50:]) for returns in result["returns"]]
     assert len(last) == 2 and max(first) < 0.0  # each seed starts out no better than random...
-    # ...and the seeds end up catching most balls. Measured over seeds 0-7 (last 50 episodes): 1.00, 0.96,
-    # 0.96, 0.72, 0.68, 0.64, 0.36, 0.36, seeds 0 and 1 at 0.36 and 0.96; a mean of 0.4 over two seeds is a
-    # clear margin over random (-0.6).
+    # ...and the seeds end up catching most balls. Measured at 6216ce6 (last 50 episodes): this run's seeds 0
+    # and 1 at 0.72 and 0.56; seeds 0-7 as one 8-seed run (`--set num_seeds=8`) 0.72, 0.96, 0.36, 0.92, 0.72,
+    # 0.56, 0.96, 0.44. A mean of 0.4 over two seeds is a clear margin over random (-0.6).
     assert np.mean(last) >= 0.4
 
 
