@@ -134,14 +134,18 @@ ACCELERATOR_BYTES_PER_SEED_BYTE = 14
 ACCELERATOR_MEMORY_FRACTION = 0.7
 
 
-def device_memory_bytes() -> int | None:
-    """Bytes the first device's allocator may hold (JAX's `bytes_limit`), or None where it is not reported
-    (CPU)."""
+def device_memory_stats() -> dict:
+    """The first device's allocator statistics (`bytes_limit`, `peak_bytes_in_use`, ...); empty where the
+    backend reports none (CPU)."""
     try:
-        stats = jax.devices()[0].memory_stats() or {}
+        return jax.devices()[0].memory_stats() or {}
     except Exception:  # backends without memory statistics
-        return None
-    return stats.get("bytes_limit") or None
+        return {}
+
+
+def device_memory_bytes() -> int | None:
+    """Bytes the first device's allocator may hold (JAX's `bytes_limit`), or None where it is not reported."""
+    return device_memory_stats().get("bytes_limit") or None
 
 
 def update_seed_batch(requested: int, num_seeds: int, backend: str | None = None, seed_bytes: int = 0,

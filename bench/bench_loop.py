@@ -27,7 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from agent_environment_interaction_loop import (  # noqa: E402
-    jit_block, make_block_function, update_seed_batch, update_seed_bytes)
+    device_memory_stats, jit_block, make_block_function, update_seed_batch, update_seed_bytes)
 from config import load_config  # noqa: E402
 from environments import environment_from_config, seed_environments  # noqa: E402
 from experiment import initial_state  # noqa: E402
@@ -79,7 +79,7 @@ def bench_seeds(config, env, num_seeds: int, steps: int, repeats: int) -> dict:
     updates_per_block = int(state.updates[0]) / repeats  # seed 0's training updates per timed training block
     assert updates_per_block > 0
     replay_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state.replay)) // num_seeds
-    device_stats = jax.devices()[0].memory_stats() or {}  # None on CPU
+    device_stats = device_memory_stats()  # empty on CPU
     return {"seeds": num_seeds, "acting_s_per_step": acting_s / steps, "training_s_per_step": training_s / steps,
             "updates_per_training_block": updates_per_block,
             "compile_s": compile_s, "lower_s": lower_s, "replay_bytes_per_seed": replay_bytes,
