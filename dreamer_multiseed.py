@@ -4,16 +4,23 @@ Usage: python3 dreamer_multiseed.py -c config.json [-s SEED] [-o OUTPUT] [--set 
 
 import sys
 
+import cli
 import huge_pages
 
 if __name__ == "__main__":
     huge_pages.reexec_with_huge_pages()  # before jax is imported
 
-import experiment  # noqa: E402
-
 
 def main(argv=None) -> int:
-    return experiment.main(argv, description=__doc__.splitlines()[0], single_seed=False)
+    description = __doc__.splitlines()[0]
+    # A mistake in the command line or config is reported before JAX is imported (seconds): cli.py.
+    error = cli.config_error_exit_code(argv, description, single_seed=False)
+    if error is not None:
+        return error
+    cli.use_compilation_cache()  # before jax is imported
+    import experiment
+
+    return experiment.main(argv, description=description, single_seed=False)
 
 
 if __name__ == "__main__":

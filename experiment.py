@@ -1,12 +1,10 @@
-"""Set-up and main loop shared by the two entry scripts: command line, config, environment, agent, the
+"""Set-up and main loop shared by the two entry scripts: config, environment, agent, the
 jitted block run repeatedly over all seeds, progress bar and the JSON-lines output file."""
 
-import argparse
 import json
 import os
 import sys
 import time
-from dataclasses import replace
 from typing import Sequence
 
 import jax
@@ -14,11 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import checkpoint
+from cli import parse_command_line
 from agent_environment_interaction_loop import PYTHON_DRIVERS, BlockMetrics, jit_block, make_block_function
-from config import Config, ConfigError, config_to_dict, load_config
+from config import Config, ConfigError, config_to_dict
 from environments import environment_from_config, seed_environments
 from initialization import RunState, check_observations, make_agent
-from tracking import DEFAULT_PROJECT, MODES, Tracker
+from tracking import Tracker
 
 RETURN_WINDOW = 50  # episodes in the final per-seed summary
 DIAGNOSTICS_KEY_TAG = 0xD1A6  # folded into each seed's PRNGKey(seed) to draw the diagnostic sequences
@@ -27,33 +26,6 @@ DIAGNOSTICS_KEY_TAG = 0xD1A6  # folded into each seed's PRNGKey(seed) to draw th
 def diagnostic_keys(seeds) -> jax.Array:
     """[len(seeds), 2] keys that draw each seed's diagnostic sequences, apart from the run's own keys."""
     return jnp.stack([jax.random.fold_in(jax.random.PRNGKey(seed), DIAGNOSTICS_KEY_TAG) for seed in seeds])
-
-
-def build_arg_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("-c", "--config", required=True, help="JSON config file (see config.json; unknown keys are errors)")
-    parser.add_argument("-s", "--seed", type=int, default=None,
-                        help="random seed; with several seeds, seed i of the run uses SEED+i (default 0, or the "
-                             "checkpoint's seed on resume)")
-    parser.add_argument("-o", "--output", default="dreamer.out",
-                        help="JSON-lines metrics file, one record per seed per block (default dreamer.out)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, parsed and validated like the file; dotted keys reach "
-                             "env_config, e.g. --set env_config.env_name=Breakout-MinAtar (repeatable)")
-    parser.add_argument("--no_progress", action="store_true", help="do not draw the progress bar")
-    parser.add_argument("-g", "--group", default=None,
-                        help="wandb group shared by every seed's run (default: a generated name, printed at start)")
-    parser.add_argument("--tag", action="append", default=[], help="wandb tag for every seed's run (repeatable)")
-    parser.add_argument("--wandb_project", default=DEFAULT_PROJECT, help=f"wandb project (default {DEFAULT_PROJECT})")
-    parser.add_argument("--wandb", choices=MODES, default=None,
-                        help="wandb mode: one run per seed; default offline unless WANDB_MODE is set "
-                             "(offline runs are uploaded later with `wandb sync`)")
-    parser.add_argument("--save_checkpoint", default="checkpoint.ckpt", metavar="PATH",
-                        help="checkpoint written every checkpoint_frequency env steps, at the end and on "
-                             "SIGINT/SIGTERM (default checkpoint.ckpt; '' for none)")
-    parser.add_argument("--load_checkpoint", default=None, metavar="PATH",
-                        help="resume the run stored in this checkpoint (a missing file starts a fresh run)")
-    return parser
 
 
 def _seed_keys(config: Config, seed: int):
@@ -242,12 +214,9 @@ def print_summary(result: dict, seed: int) -> None:
 
 
 def main(argv: Sequence[str] | None, description: str, single_seed: bool) -> int:
-    args = build_arg_parser(description).parse_args(argv)
     resume = None
     try:
-        config = load_config(args.config, args.set)
-        if single_seed:
-            config = replace(config, num_seeds=1)
+        args, config = parse_command_line(argv, description, single_seed)
         env = environment_from_config(config)
         check_observations(config, env)
         if args.output and os.path.isdir(args.output):

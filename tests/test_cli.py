@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -45,17 +47,43 @@ def test_user_mistakes_exit_2_with_one_sentence(tmp_path, entries, overrides, ex
         assert not output.exists()
 
 
+def test_config_mistakes_are_reported_before_jax_is_imported(tmp_path):
+    # The scripts check the command line and config first (cli.py): a typo costs no JAX import (seconds).
+    config = write_config(tmp_path, num_step=10)
+    for script in ("dreamer_multiseed", "dreamer_single_seed"):
+        code = f"import sys, {script}; print({script}.main(['-c', sys.argv[1]]), 'jax' in sys.modules)"
+        result = subprocess.run([sys.executable, "-c", code, config], cwd=ROOT, capture_output=True, text=True,
+                                timeout=600)
+        assert result.stdout.split() == ["2", "False"], result.stderr
+        assert result.stderr.strip() == "error: unknown config key 'num_step'; did you mean 'num_steps'?"
+
+
 def test_missing_config_file_exits_2(tmp_path):
     result = run_script("dreamer_multiseed.py", "-c", str(tmp_path / "nope.json"))
     assert result.returncode == 2 and "Traceback" not in result.stderr and "nope.json" in result.stderr
 
 
-def test_debug_config_runs_end_to_end_and_writes_records(tmp_path):
-    output = tmp_path / "metrics.jsonl"
-    result = run_script("dreamer_multiseed.py", "-c", "configs/debug.json", "-s", "7", "-o", str(output),
-                        "--set", "num_seeds=2", "--set", "num_steps=150", "--wandb", "disabled")
-    assert result.returncode == 0, result.stderr
-    records = [json.loads(line) for line in output.read_text().splitlines()]
+def test_debug_config_runs_end_to_end_and_writes_records(tmp_path, monkeypatch):
+    # Run under the scripts' default compilation cache (cli.use_compilation_cache), not the suite's shared one,
+    # then again: the second run loads every program it compiles and writes the same records.
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    cache = tmp_path / "xdg" / "dreamer-jax" / "xla"
+    runs = []
+    for run in range(2):
+        output = tmp_path / f"metrics{run}.jsonl"
+        result = run_script("dreamer_multiseed.py", "-c", "configs/debug.json", "-s", "7", "-o", str(output),
+                            "--set", "num_seeds=2", "--set", "num_steps=150", "--wandb", "disabled",
+                            "--save_checkpoint", "")
+        assert result.returncode == 0, result.stderr
+        runs.append([json.loads(line) for line in output.read_text().splitlines()])
+        if run == 0:
+            entries = {p.name for p in cache.iterdir()}
+            assert any(name.startswith("jit_block-") for name in entries), entries
+            assert cache.stat().st_mode & 0o777 == 0o700
+    assert {p.name for p in cache.iterdir()} == entries  # nothing compiled anew: every program was loaded
+
+    records = runs[0]
     assert len(records) == 2 * 3  # 2 seeds x 3 blocks of 50 steps
     assert {r["seed"] for r in records} == {7, 8}
     last = records[-1]
@@ -64,6 +92,9 @@ def test_debug_config_runs_end_to_end_and_writes_records(tmp_path):
         assert key in last
     assert records[0]["model_loss"] is None  # no training in the first block
     assert "seed 7" in result.stdout and "seed 8" in result.stdout
+    for first, second in zip(*runs, strict=True):  # the loaded programs compute the same numbers
+        first.pop("steps_per_second"), second.pop("steps_per_second")
+        assert first == second
 
 
 def test_two_seeds_log_two_offline_wandb_runs_in_one_group(tmp_path, monkeypatch):
@@ -76,3 +107,28 @@ def test_two_seeds_log_two_offline_wandb_runs_in_one_group(tmp_path, monkeypatch
     runs = sorted(p.name for p in (tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 2
     assert "wandb sync" in result.stderr
+
+
+def test_default_compilation_cache_folder(tmp_path):
+    home_cache = os.path.join(os.path.expanduser("~"), ".cache", "dreamer-jax", "xla")
+    assert cli.default_compilation_cache({}) == home_cache
+    assert cli.default_compilation_cache({"XDG_CACHE_HOME": "/x"}) == os.path.join("/x", "dreamer-jax", "xla")
+    assert cli.default_compilation_cache({"JAX_COMPILATION_CACHE_DIR": "/mine"}) is None  # the user's stands
+    assert cli.default_compilation_cache({"DREAMER_NO_COMPILATION_CACHE": "1"}) is None
+
+    environ = {"XDG_CACHE_HOME": str(tmp_path)}
+    folder = cli.use_compilation_cache(environ)
+    assert folder == environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "dreamer-jax" / "xla")
+    assert os.stat(folder).st_mode & 0o777 == 0o700
+    assert cli.use_compilation_cache({"JAX_COMPILATION_CACHE_DIR": "/mine"}) == "/mine"
+    assert cli.use_compilation_cache({"DREAMER_NO_COMPILATION_CACHE": "1"}) is None
+
+
+def test_a_cache_folder_others_can_write_to_is_not_used(tmp_path, capsys):
+    folder = tmp_path / "dreamer-jax" / "xla"
+    folder.mkdir(parents=True)
+    folder.chmod(0o777)
+    environ = {"XDG_CACHE_HOME": str(tmp_path)}
+    assert cli.use_compilation_cache(environ) is None
+    assert "JAX_COMPILATION_CACHE_DIR" not in environ
+    assert "writable by others" in capsys.readouterr().err
