@@ -39,7 +39,11 @@ def initial_state(config: Config, agent, envs, seed: int) -> RunState:
     resets `envs` (the seeds' environments, see environments.seed_environments)."""
     agent_keys, env_keys = _seed_keys(config, seed)
     env_state, obs = envs.reset(env_keys)
-    return jax.jit(jax.vmap(agent.init_state))(agent_keys, env_state, obs)
+    state = jax.jit(jax.vmap(agent.init_state))(agent_keys, env_state, obs)
+    # Leaves an env builds from Python numbers are weak-typed (gymnax MinAtar's timers); a checkpoint gives
+    # them back strong. Strong from the start, a resumed run compiles the program the fresh run compiled,
+    # so it finds it in the persistent compilation cache (cli.py). The values are the same.
+    return jax.tree.map(lambda x: x.astype(x.dtype) if x.weak_type else x, state)
 
 
 def state_shapes(config: Config, agent, envs) -> RunState:

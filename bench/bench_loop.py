@@ -38,7 +38,9 @@ def machine_info() -> dict:
     """What the figures were measured on (every bench script reports it)."""
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
-            "huge_pages": huge_pages.active()}
+            "huge_pages": huge_pages.active(),
+            # a persistent compilation cache set in the environment turns compile_s into a load time
+            "compilation_cache_dir": jax.config.jax_compilation_cache_dir}
 
 
 def time_block(compiled, state, repeats: int):

@@ -32,6 +32,8 @@ def test_bench_loop_prints_the_table_for_each_seed_count(capsys):
     assert report["results"][0]["relative_efficiency"] == 1.0
     assert report["compile_s"] > 0 and report["peak_rss_mb"] > 0
     assert report["replay_bytes_per_seed"] > 0 and report["machine"]["devices"]
+    # this suite compiles through a shared persistent cache (conftest.py), and the report says so
+    assert report["machine"]["compilation_cache_dir"] == os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
 def test_bench_update_prints_times_flops_and_roofline(capsys):

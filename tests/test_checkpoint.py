@@ -12,11 +12,16 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
 import checkpoint
 import experiment
+from agent_environment_interaction_loop import jit_block, make_block_function
+from config import load_config
+from environments import environment_from_config, seed_environments
+from initialization import make_agent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEBUG = os.path.join(ROOT, "configs", "debug.json")
@@ -254,6 +259,23 @@ def test_block_schedule_matches_an_uninterrupted_run():
     assert experiment.block_schedule(0, 120, 50) == [50, 50, 20]
     assert experiment.block_schedule(120, 200, 50) == [30, 50]
     assert experiment.block_schedule(200, 200, 50) == []
+
+
+def test_a_resumed_run_compiles_the_fresh_runs_program(tmp_path):
+    # The persistent compilation cache finds a program by its text. MinAtar's env state has leaves gymnax
+    # builds from Python ints (weak-typed), which a checkpoint gives back strong: the fresh state must already
+    # be strong, or a resume lowers to another program and compiles it again (as it did before).
+    config = load_config(DEBUG, ["env_config.env_name=SpaceInvaders-MinAtar", "binary_state=true"])
+    env = environment_from_config(config)
+    agent = make_agent(config, env)
+    envs = seed_environments(env, range(1), jax_env=True)
+    fresh = experiment.initial_state(config, agent, envs, seed=0)
+    assert not [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(fresh) if x.weak_type]
+    path = str(tmp_path / "run.ckpt")
+    checkpoint.save(path, fresh, {})
+    loaded, _ = checkpoint.load(path, experiment.state_shapes(config, agent, envs))
+    block = jit_block(make_block_function(config, agent, envs, 10))
+    assert block.lower(loaded).as_text() == block.lower(fresh).as_text()
 
 
 def test_unwritable_checkpoint_path_exits_2_before_running(tmp_path, capsys):
