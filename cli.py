@@ -9,7 +9,7 @@ Compiling the block takes 15-25 s on two CPU cores for the reference config. A r
 with the same config and seed count, compiles the very same programs, so the scripts keep them in JAX's
 persistent compilation cache: by default `$XDG_CACHE_HOME/dreamer-jax/xla` (`~/.cache/dreamer-jax/xla`).
 A loaded program is the compiled one, so the numbers do not change. JAX runs what it loads from there, so the
-folder is created readable by its owner only, and a folder that others can write to is not used. A set
+folder is created readable by its owner only, and a folder that another user could change is not used. A set
 `JAX_COMPILATION_CACHE_DIR` is used as it is; `DREAMER_NO_COMPILATION_CACHE=1` turns the cache off. JAX reads
 a truncated entry (a run killed while JAX wrote it) as a miss: it warns and compiles again, and keeps the
 entry, so the warning comes back until the folder is deleted."""
@@ -61,14 +61,19 @@ def parse_command_line(argv: Sequence[str] | None, description: str,
     return args, replace(config, num_seeds=1) if single_seed else config
 
 
-def config_error_exit_code(argv: Sequence[str] | None, description: str, single_seed: bool) -> int | None:
-    """2 after printing the one-sentence error where the command line or config has a mistake, else None."""
+def script_main(argv: Sequence[str] | None, description: str, single_seed: bool) -> int:
+    """The entry scripts' main: the command line and config are read once and checked before JAX is imported
+    (a mistake: one sentence, exit 2, in a fraction of a second), then the compilation cache is set up and the
+    run starts (`experiment.run_command`)."""
     try:
-        parse_command_line(argv, description, single_seed)
+        args, config = parse_command_line(argv, description, single_seed)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return None
+    use_compilation_cache()
+    import experiment  # after the cache folder is set: JAX reads it when imported
+
+    return experiment.run_command(args, config)
 
 
 CACHE_VARIABLE = "JAX_COMPILATION_CACHE_DIR"
@@ -76,31 +81,56 @@ CACHE_OPT_OUT = "DREAMER_NO_COMPILATION_CACHE"
 
 
 def default_compilation_cache(environ) -> str | None:
-    """The scripts' default cache folder, or None where JAX's own setting stands (the folder already set in
-    JAX_COMPILATION_CACHE_DIR, or the cache turned off with DREAMER_NO_COMPILATION_CACHE)."""
+    """The scripts' default cache folder, or None where JAX's own setting stands (a folder already set in
+    JAX_COMPILATION_CACHE_DIR, the cache turned off with DREAMER_NO_COMPILATION_CACHE set to any non-empty
+    value) or no absolute home folder is known. A relative XDG_CACHE_HOME is ignored, as the XDG spec says."""
     if environ.get(CACHE_VARIABLE) or environ.get(CACHE_OPT_OUT):
         return None
-    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "dreamer-jax", "xla")
+    base = environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "dreamer-jax", "xla") if os.path.isabs(base) else None
 
 
-def use_compilation_cache(environ=os.environ) -> str | None:
-    """Points JAX_COMPILATION_CACHE_DIR at the default folder (call it before importing jax); returns the folder
-    used, or None. A folder that cannot be created, belongs to another user or that others can write to is
-    not used (one warning line): the run compiles as without a cache."""
+def _unsafe_folder(path: str) -> str | None:
+    """Why another user could change what is in `path` (owned by someone else, or writable by group or
+    others), or None. POSIX only: elsewhere nothing is checked."""
+    if not hasattr(os, "getuid"):
+        return None
+    for status in (os.lstat(path), os.stat(path)):  # the entry itself, then what it links to (if a link)
+        if status.st_uid != os.getuid():
+            return "belongs to another user"
+    if status.st_mode & 0o022:
+        return "is writable by group or others"
+    return None
+
+
+def use_compilation_cache() -> str | None:
+    """Sets up the default cache folder for this process (prepare_compilation_cache) and returns the cache
+    folder in use, or None. Once jax is imported it no longer reads the variable, so then nothing is set."""
+    if "jax" in sys.modules:
+        return None
+    return prepare_compilation_cache(os.environ)
+
+
+def prepare_compilation_cache(environ) -> str | None:
+    """Points JAX_COMPILATION_CACHE_DIR in `environ` at the default folder; returns the cache folder in use, or
+    None. The folder and its `dreamer-jax` parent are created readable by their owner only; where either cannot
+    be created, or another user could change its contents, no cache is used (one warning line)."""
     path = default_compilation_cache(environ)
     if path is None:
         return environ.get(CACHE_VARIABLE) or None
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        status = os.stat(path)
+        for folder in (os.path.dirname(path), path):
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            reason = _unsafe_folder(folder)
+            if reason:
+                print(f"warning: compilation cache folder {folder!r} {reason}; compiling without a cache",
+                      file=sys.stderr)
+                return None
     except OSError as error:
-        print(f"warning: compilation cache folder {path!r} unusable ({error.strerror}); compiling without it",
-              file=sys.stderr)
-        return None
-    if (hasattr(os, "getuid") and status.st_uid != os.getuid()) or status.st_mode & 0o022:
-        print(f"warning: compilation cache folder {path!r} is writable by others; compiling without it",
-              file=sys.stderr)
+        print(f"warning: compilation cache folder {path!r} unusable ({error.strerror or error}); compiling "
+              "without a cache", file=sys.stderr)
         return None
     environ[CACHE_VARIABLE] = path
     return path

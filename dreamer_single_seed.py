@@ -12,15 +12,7 @@ if __name__ == "__main__":
 
 
 def main(argv=None) -> int:
-    description = __doc__.splitlines()[0]
-    # A mistake in the command line or config is reported before JAX is imported (seconds): cli.py.
-    error = cli.config_error_exit_code(argv, description, single_seed=True)
-    if error is not None:
-        return error
-    cli.use_compilation_cache()  # before jax is imported
-    import experiment
-
-    return experiment.main(argv, description=description, single_seed=True)
+    return cli.script_main(argv, description=__doc__.splitlines()[0], single_seed=True)
 
 
 if __name__ == "__main__":

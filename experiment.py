@@ -1,6 +1,7 @@
 """Set-up and main loop shared by the two entry scripts: config, environment, agent, the
 jitted block run repeatedly over all seeds, progress bar and the JSON-lines output file."""
 
+import argparse
 import json
 import os
 import sys
@@ -12,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import checkpoint
-from cli import parse_command_line
 from agent_environment_interaction_loop import PYTHON_DRIVERS, BlockMetrics, jit_block, make_block_function
+from cli import parse_command_line
 from config import Config, ConfigError, config_to_dict
 from environments import environment_from_config, seed_environments
 from initialization import RunState, check_observations, make_agent
@@ -47,7 +48,8 @@ def initial_state(config: Config, agent, envs, seed: int) -> RunState:
 
 
 def state_shapes(config: Config, agent, envs) -> RunState:
-    """Shapes and dtypes of initial_state's result, computed without running anything."""
+    """Shapes and dtypes of initial_state's result, computed without running anything (weak types aside:
+    initial_state makes every leaf strong, and a checkpoint compares shapes and dtypes only)."""
     agent_keys, env_keys = _seed_keys(config, 0)
     return jax.eval_shape(jax.vmap(agent.init_state), agent_keys, *envs.reset_shapes(env_keys))
 
@@ -218,9 +220,20 @@ def print_summary(result: dict, seed: int) -> None:
 
 
 def main(argv: Sequence[str] | None, description: str, single_seed: bool) -> int:
-    resume = None
+    """Parses a command line and runs it (the entry scripts go through cli.script_main, which parses first)."""
     try:
         args, config = parse_command_line(argv, description, single_seed)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return run_command(args, config)
+
+
+def run_command(args: argparse.Namespace, config: Config) -> int:
+    """Runs a parsed command line: the environment and checkpoint checks (one sentence, exit 2, nothing
+    written), then the run itself."""
+    resume = None
+    try:
         env = environment_from_config(config)
         check_observations(config, env)
         if args.output and os.path.isdir(args.output):

@@ -58,6 +58,14 @@ def test_config_mistakes_are_reported_before_jax_is_imported(tmp_path):
         assert result.stderr.strip() == "error: unknown config key 'num_step'; did you mean 'num_steps'?"
 
 
+def test_a_config_from_a_pipe_is_read_once():
+    # -c /dev/stdin (or <(jq ...)): the config is read once, before JAX, and reaches the env check intact.
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "dreamer_multiseed.py"), "-c", "/dev/stdin"],
+                            input=json.dumps({"env_config": {"env_name": "Catchh-bsuite"}}), cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "'Catchh-bsuite' is not a registered gymnax environment" in result.stderr
+
+
 def test_missing_config_file_exits_2(tmp_path):
     result = run_script("dreamer_multiseed.py", "-c", str(tmp_path / "nope.json"))
     assert result.returncode == 2 and "Traceback" not in result.stderr and "nope.json" in result.stderr
@@ -113,22 +121,31 @@ def test_default_compilation_cache_folder(tmp_path):
     home_cache = os.path.join(os.path.expanduser("~"), ".cache", "dreamer-jax", "xla")
     assert cli.default_compilation_cache({}) == home_cache
     assert cli.default_compilation_cache({"XDG_CACHE_HOME": "/x"}) == os.path.join("/x", "dreamer-jax", "xla")
+    assert cli.default_compilation_cache({"XDG_CACHE_HOME": "relative"}) == home_cache  # ignored, as XDG says
     assert cli.default_compilation_cache({"JAX_COMPILATION_CACHE_DIR": "/mine"}) is None  # the user's stands
     assert cli.default_compilation_cache({"DREAMER_NO_COMPILATION_CACHE": "1"}) is None
 
     environ = {"XDG_CACHE_HOME": str(tmp_path)}
-    folder = cli.use_compilation_cache(environ)
+    folder = cli.prepare_compilation_cache(environ)
     assert folder == environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "dreamer-jax" / "xla")
-    assert os.stat(folder).st_mode & 0o777 == 0o700
-    assert cli.use_compilation_cache({"JAX_COMPILATION_CACHE_DIR": "/mine"}) == "/mine"
-    assert cli.use_compilation_cache({"DREAMER_NO_COMPILATION_CACHE": "1"}) is None
+    assert os.stat(folder).st_mode & 0o777 == os.stat(os.path.dirname(folder)).st_mode & 0o777 == 0o700
+    assert cli.prepare_compilation_cache(environ) == folder  # set: used as it is
+    assert cli.prepare_compilation_cache({"DREAMER_NO_COMPILATION_CACHE": "1"}) is None
+    assert cli.use_compilation_cache() is None  # jax is imported in this process: nothing is set
 
 
-def test_a_cache_folder_others_can_write_to_is_not_used(tmp_path, capsys):
-    folder = tmp_path / "dreamer-jax" / "xla"
-    folder.mkdir(parents=True)
-    folder.chmod(0o777)
+@pytest.mark.parametrize("writable", ["dreamer-jax", "dreamer-jax/xla"])
+def test_a_cache_folder_others_can_write_to_is_not_used(tmp_path, capsys, writable):
+    (tmp_path / "dreamer-jax" / "xla").mkdir(parents=True)
+    (tmp_path / writable).chmod(0o777)
     environ = {"XDG_CACHE_HOME": str(tmp_path)}
-    assert cli.use_compilation_cache(environ) is None
+    assert cli.prepare_compilation_cache(environ) is None
     assert "JAX_COMPILATION_CACHE_DIR" not in environ
-    assert "writable by others" in capsys.readouterr().err
+    assert "writable by group or others; compiling without a cache" in capsys.readouterr().err
+
+
+def test_a_cache_folder_that_cannot_be_created_is_not_used(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    environ = {"XDG_CACHE_HOME": str(tmp_path / "file")}
+    assert cli.prepare_compilation_cache(environ) is None and "JAX_COMPILATION_CACHE_DIR" not in environ
+    assert "unusable" in capsys.readouterr().err
