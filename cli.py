@@ -2,8 +2,8 @@
 persistent compilation cache they use.
 
 Importing JAX, haiku and gymnax takes several seconds; a mistake in the command line or the config file
-(unknown key, wrong type, value out of range) is reported before that, in a fraction of a second. Mistakes
-that need the environment's registry (an unknown env id) are reported by `experiment.main` after it.
+(unknown key, wrong type, value out of range) is reported before that, in a fraction of a second.
+Mistakes that need the environment's registry (an unknown env id) are reported by `experiment.run_command`.
 
 Compiling the block takes 15-25 s on two CPU cores for the reference config. A resumed run, or another run
 with the same config and seed count, compiles the very same programs, so the scripts keep them in JAX's
@@ -61,15 +61,24 @@ def parse_command_line(argv: Sequence[str] | None, description: str,
     return args, replace(config, num_seeds=1) if single_seed else config
 
 
+def checked_command_line(argv: Sequence[str] | None, description: str,
+                         single_seed: bool) -> tuple[argparse.Namespace, Config] | None:
+    """parse_command_line's (arguments, config), or None after printing a mistake's one-sentence error."""
+    try:
+        return parse_command_line(argv, description, single_seed)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
+
+
 def script_main(argv: Sequence[str] | None, description: str, single_seed: bool) -> int:
     """The entry scripts' main: the command line and config are read once and checked before JAX is imported
     (a mistake: one sentence, exit 2, in a fraction of a second), then the compilation cache is set up and the
     run starts (`experiment.run_command`)."""
-    try:
-        args, config = parse_command_line(argv, description, single_seed)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+    parsed = checked_command_line(argv, description, single_seed)
+    if parsed is None:
         return 2
+    args, config = parsed
     use_compilation_cache()
     import experiment  # after the cache folder is set: JAX reads it when imported
 

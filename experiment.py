@@ -14,7 +14,7 @@ import numpy as np
 
 import checkpoint
 from agent_environment_interaction_loop import PYTHON_DRIVERS, BlockMetrics, jit_block, make_block_function
-from cli import parse_command_line
+from cli import checked_command_line
 from config import Config, ConfigError, config_to_dict
 from environments import environment_from_config, seed_environments
 from initialization import RunState, check_observations, make_agent
@@ -221,12 +221,8 @@ def print_summary(result: dict, seed: int) -> None:
 
 def main(argv: Sequence[str] | None, description: str, single_seed: bool) -> int:
     """Parses a command line and runs it (the entry scripts go through cli.script_main, which parses first)."""
-    try:
-        args, config = parse_command_line(argv, description, single_seed)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return run_command(args, config)
+    parsed = checked_command_line(argv, description, single_seed)
+    return 2 if parsed is None else run_command(*parsed)
 
 
 def run_command(args: argparse.Namespace, config: Config) -> int:
