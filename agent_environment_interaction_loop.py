@@ -173,13 +173,26 @@ def update_seed_batch(requested: int, num_seeds: int, backend: str | None = None
     return -(-num_seeds // batches)
 
 
+def over_seeds(per_seed: Callable) -> Callable:
+    """`jax.vmap(per_seed)` over the leading seed axis of every argument and result, except that a single
+    seed runs `per_seed` itself on its arguments with the seed axis taken off (see make_block_function)."""
+    vmapped = jax.vmap(per_seed)
+
+    def run(*args):
+        if jax.tree.leaves(args)[0].shape[0] != 1:
+            return vmapped(*args)
+        return jax.tree.map(lambda x: x[None], per_seed(*jax.tree.map(lambda x: x[0], args)))
+
+    return run
+
+
 def seed_batched_update(agent: Agent, requested_batch: int, seed_bytes: int = 0) -> Callable:
     """The training update for a leading seed axis: vmapped over all seeds at once, or over batches of
     `update_seed_batch(requested_batch, seeds, seed_bytes=seed_bytes)` seeds one after another in a loop that
     updates the state's slices in place. The replay is only read, never carried or copied."""
     # jitted, so that the trace made for the metric shapes below is reused by the calls (the update is
     # the largest function of a block: tracing it twice took seconds)
-    vmapped = jax.jit(jax.vmap(agent.train_update))
+    vmapped = jax.jit(over_seeds(agent.train_update))
 
     def update(state: RunState):
         num_seeds = state.env_steps.shape[0]
@@ -220,7 +233,13 @@ def make_block_function(config: Config, agent: Agent, envs, num_steps: int,
     JAX drivers, environments.PythonEnvironments under the Python drivers). The per-seed pieces are vmapped;
     the decisions to train and to refresh the target critic are taken on the shared step counter (seed 0's,
     identical for all seeds), an unbatched scalar, so `cond` stays a real branch and no training work runs
-    before `training_start_time`."""
+    before `training_start_time`.
+
+    Under the JAX drivers a block of one seed runs the per-seed pieces themselves, unvmapped, on the state
+    with its seed axis taken off for the whole scan (and put back at the end): vmapped over an axis of size
+    1, the reference config's block compiled 3 s longer on XLA:CPU and its update ran 8% slower (bench/README.md,
+    "One seed is not vmapped"). The same arithmetic either way; off inside the training `cond` only, the
+    optimizer's moments were no longer written in place and the skip branch copied them at every step."""
     c = config
     scan, cond, compiled = drivers
     act = compiled(jax.vmap(make_act(agent)), donate_first=False)
@@ -230,37 +249,61 @@ def make_block_function(config: Config, agent: Agent, envs, num_steps: int,
     train_update = compiled(jax.jit(seeds_update))
     update_target = compiled(jax.vmap(agent.update_target))
 
+    def decisions(state: RunState):
+        """(train now, refresh the target critic now) from the step counter every seed shares."""
+        env_steps = state.env_steps.reshape(-1)[0]  # unbatched: seed 0's (or the one seed's) counter
+        trained = (env_steps > c.training_start_time) & (env_steps % c.train_frequency == 0)
+        return trained, env_steps % c.target_update_frequency == 0
+
     @compiled
     def store(state: RunState, params, obs, action, z, env_output):
         state, outputs = vmapped_store(state, params, obs, action, z, env_output)
-        env_steps = state.env_steps[0]  # unbatched: the counter every seed shares
-        trained = (env_steps > c.training_start_time) & (env_steps % c.train_frequency == 0)
-        refresh = env_steps % c.target_update_frequency == 0
-        return state, outputs, trained, refresh
+        return state, outputs, *decisions(state)
 
-    no_metrics = {}  # zeros shaped like the training metrics, built once
+    def step_function(act, env_step, store, train_update, update_target):
+        no_metrics = {}  # zeros shaped like the training metrics, built once
 
-    def skip_training(state):
-        if not no_metrics:
-            shapes = jax.eval_shape(train_update, state)[1]
-            no_metrics.update(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
-        return state, dict(no_metrics)
+        def skip_training(state):
+            if not no_metrics:
+                shapes = jax.eval_shape(train_update, state)[1]
+                no_metrics.update(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
+            return state, dict(no_metrics)
 
-    def step(state: RunState, _):
-        # Acting and storing see only what they use: under the Python drivers every leaf passed costs time.
-        acting_params = state.params._replace(critic=None, target_critic=None)
-        key, action, z, env_keys = act(acting_params, state.rssm_h, state.obs, state.key)
-        env_output = envs.step(env_keys, state.env_state, action)
-        interaction = state._replace(params=None, opt_states=None, env_state=None, obs=None, key=key)
-        interaction, (episode_return, episode_end), trained, refresh = store(
-            interaction, acting_params, state.obs, action, z, env_output)
-        state = interaction._replace(params=state.params, opt_states=state.opt_states)
-        state, train_metrics = cond(trained, train_update, skip_training, state)
-        state = cond(refresh, update_target, lambda s: s, state)
-        return state, BlockMetrics(episode_return, episode_end, trained, train_metrics)
+        def step(state: RunState, _):
+            # Acting and storing see only what they use: under the Python drivers every leaf passed costs time.
+            acting_params = state.params._replace(critic=None, target_critic=None)
+            key, action, z, env_keys = act(acting_params, state.rssm_h, state.obs, state.key)
+            env_output = env_step(env_keys, state.env_state, action)
+            interaction = state._replace(params=None, opt_states=None, env_state=None, obs=None, key=key)
+            interaction, (episode_return, episode_end), trained, refresh = store(
+                interaction, acting_params, state.obs, action, z, env_output)
+            state = interaction._replace(params=state.params, opt_states=state.opt_states)
+            state, train_metrics = cond(trained, train_update, skip_training, state)
+            state = cond(refresh, update_target, lambda s: s, state)
+            return state, BlockMetrics(episode_return, episode_end, trained, train_metrics)
+
+        return step
+
+    seeds_step = step_function(act, envs.step, store, train_update, update_target)
+    if drivers is JAX_DRIVERS:
+        one_seed_store = make_store(agent)
+
+        def store_one_seed(*args):
+            state, outputs = one_seed_store(*args)
+            return state, outputs, *decisions(state)
+
+        one_seed_step = step_function(make_act(agent), envs.step_one_seed, store_one_seed,
+                                      jax.jit(agent.train_update), agent.update_target)
 
     def block(state: RunState, length: int = num_steps):
-        return scan(step, state, None, length=length)
+        if drivers is not JAX_DRIVERS or state.env_steps.shape[0] != 1:
+            return scan(seeds_step, state, None, length=length)
+        state, metrics = scan(one_seed_step, jax.tree.map(lambda x: x[0], state), None, length=length)
+        with_seed_axis = lambda x: x[:, None]  # [steps, ...] -> [steps, 1, ...]
+        metrics = metrics._replace(episode_return=with_seed_axis(metrics.episode_return),
+                                   episode_end=with_seed_axis(metrics.episode_end),
+                                   train=jax.tree.map(with_seed_axis, metrics.train))
+        return jax.tree.map(lambda x: x[None], state), metrics
 
     block.pieces = {"act": act, "store": store, "train_update": train_update, "update_target": update_target}
     return block

@@ -342,6 +342,7 @@ class VmappedEnvironments:
         self.spec = env.spec
         self.reset = jax.vmap(env.reset)
         self.step = jax.vmap(env.step)
+        self.step_one_seed = env.step  # one seed's state without the seed axis
 
     def reset_shapes(self, keys):
         return jax.eval_shape(self.reset, keys)
