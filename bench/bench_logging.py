@@ -30,6 +30,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from agent_environment_interaction_loop import compiler_options  # noqa: E402
 from config import config_to_dict, load_config  # noqa: E402
 from environments import environment_from_config  # noqa: E402
 from experiment import block_records, diagnostic_keys  # noqa: E402
@@ -56,7 +57,8 @@ def main(argv=None):
         config, environment_from_config(config), num_seeds, steps, max(2 * steps, config.sequence_length))
     keys = diagnostic_keys(range(num_seeds))
     start = time.perf_counter()
-    diagnose = jax.jit(jax.vmap(agent.diagnose)).lower(state.params, state.replay, keys).compile()
+    diagnose = jax.jit(jax.vmap(agent.diagnose), compiler_options=compiler_options()).lower(
+        state.params, state.replay, keys).compile()
     diagnose_compile_s = time.perf_counter() - start
 
     state, _ = block(state)

@@ -34,7 +34,7 @@ def pytest_unconfigure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The learning tests (about 6 and 2.5 minutes on two cores, most of the suite's time) run first: on two
+    """The learning tests (4-7 and 2.5-4.5 minutes on two cores, most of the suite's time) run first: on two
     pytest-xdist workers the rest then fills the other worker, instead of a learning test starting late and
     running on alone at the end."""
     items.sort(key=lambda item: item.path.name != "test_learning.py")  # stable: the order is kept otherwise
