@@ -30,10 +30,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from agent_environment_interaction_loop import compiler_options  # noqa: E402
 from config import config_to_dict, load_config  # noqa: E402
 from environments import environment_from_config  # noqa: E402
-from experiment import block_records, diagnostic_keys  # noqa: E402
+from experiment import block_records, diagnostic_keys, jit_diagnose  # noqa: E402
 from tracking import Tracker  # noqa: E402
 
 from bench_loop import compiled_block, machine_info  # noqa: E402  (this folder)
@@ -57,8 +56,7 @@ def main(argv=None):
         config, environment_from_config(config), num_seeds, steps, max(2 * steps, config.sequence_length))
     keys = diagnostic_keys(range(num_seeds))
     start = time.perf_counter()
-    diagnose = jax.jit(jax.vmap(agent.diagnose), compiler_options=compiler_options()).lower(
-        state.params, state.replay, keys).compile()
+    diagnose = jit_diagnose(agent).lower(state.params, state.replay, keys).compile()
     diagnose_compile_s = time.perf_counter() - start
 
     state, _ = block(state)
