@@ -132,6 +132,28 @@ def test_conv3x3_matches_haiku_conv2d_same_padding(channels, filters):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+def test_elu_matches_jax_nn_elu_with_its_gradient():
+    from networks import elu
+    x = jnp.concatenate([jnp.linspace(-30.0, 5.0, 701), jnp.array([0.0, -0.0, 1e-30, -1e-30])])
+    np.testing.assert_array_equal(elu(x), jax.nn.elu(x))
+    slope = jax.grad(lambda x: jnp.sum(jnp.cos(x) * elu(x)))(x)
+    np.testing.assert_allclose(slope, jax.grad(lambda x: jnp.sum(jnp.cos(x) * jax.nn.elu(x)))(x), rtol=1e-6, atol=1e-7)
+    assert float(jax.grad(elu)(0.0)) == 1.0 and float(jax.grad(elu)(-50.0)) == 0.0
+
+
+def test_mlp_on_leading_axes_matches_the_same_mlp_row_by_row():
+    import haiku as hk
+
+    from networks import MLP
+    net = hk.without_apply_rng(hk.transform(lambda x: MLP(6, 2, "elu", 3)(x)))
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 5))
+    params = net.init(jax.random.PRNGKey(1), x)
+    out = net.apply(params, x)
+    assert out.shape == (2, 3, 3)
+    np.testing.assert_allclose(out, jax.vmap(lambda row: net.apply(params, row))(x.reshape(6, 1, 5)).reshape(2, 3, 3),
+                               atol=1e-6)
+
+
 @pytest.mark.parametrize("start,lead", [(0, (6,)), (5, (3, 4))])  # block first (transition) / after h (features)
 def test_one_hot_block_linear_matches_haiku_linear(start, lead):
     import haiku as hk
