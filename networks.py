@@ -85,19 +85,26 @@ def _one_hot_block_matmul_bwd(block, residuals, out_grad):
 one_hot_block_matmul.defvjp(_one_hot_block_matmul_fwd, _one_hot_block_matmul_bwd)
 
 
+GATHER_MIN_ROWS = 64  # below this many input rows `Linear` multiplies a one-hot block densely
+
+
 class Linear(hk.Linear):
     """hk.Linear (same parameters, names and initialisation) told where its input holds one-hot vectors:
     `one_hot_block` = (start, groups, width) as in `one_hot_block_matmul`, or None for a plain hk.Linear.
 
-    The gathering form is used on CPU only, where it was measured. On an accelerator the dense matmul stays:
-    matmuls are cheap there, and the gathering loop would add `groups` iterations of small kernels per layer."""
+    The gathering form is used on CPU only, where it was measured, and for inputs of at least
+    `GATHER_MIN_ROWS` rows. On an accelerator the dense matmul stays: matmuls are cheap there, and the gathering
+    loop would add `groups` iterations of small kernels per layer. So does it for fewer rows (acting's one row,
+    the posterior scan's batch of rows per step), where the dense product takes microseconds and the loop's
+    kernels only add compile time (bench/README.md, "Fewer kernels")."""
 
     def __init__(self, output_size: int, one_hot_block: tuple[int, int, int] | None = None, name=None):
         super().__init__(output_size, name=name)
         self.one_hot_block = one_hot_block
 
     def __call__(self, inputs, *, precision=None):
-        if self.one_hot_block is None or jax.default_backend() != "cpu":
+        rows = int(np.prod(inputs.shape[:-1]))
+        if self.one_hot_block is None or jax.default_backend() != "cpu" or rows < GATHER_MIN_ROWS:
             return super().__call__(inputs, precision=precision)
         # hk.Linear's parameters, created as it creates them; only the product differs
         self.input_size = inputs.shape[-1]
