@@ -11,6 +11,7 @@ import numpy as np
 
 from config import Config
 
+
 @jax.custom_vjp
 def elu(x):
     """jax.nn.elu whose gradient is computed from its output: the slope is 1 where the output is positive and
@@ -94,9 +95,9 @@ class Linear(hk.Linear):
 
     The gathering form is used on CPU only, where it was measured, and for inputs of at least
     `GATHER_MIN_ROWS` rows. On an accelerator the dense matmul stays: matmuls are cheap there, and the gathering
-    loop would add `groups` iterations of small kernels per layer. So does it for fewer rows (acting's one row,
-    the posterior scan's batch of rows per step), where the dense product takes microseconds and the loop's
-    kernels only add compile time (bench/README.md, "Fewer kernels")."""
+    loop would add `groups` iterations of small kernels per layer. The dense matmul also stays for fewer rows
+    (acting's one row, the posterior scan's batch of rows per step): it takes microseconds there, and the loop's
+    kernels would only add compile time (bench/README.md, "Fewer kernels")."""
 
     def __init__(self, output_size: int, one_hot_block: tuple[int, int, int] | None = None, name=None):
         super().__init__(output_size, name=name)
@@ -126,6 +127,8 @@ class MLP(hk.Module):
         self.one_hot_block = one_hot_block
 
     def __call__(self, x):
+        # [..., D] runs as rows [N, D]: XLA:CPU splits a bias-add and activation on the matmul's reshaped
+        # output into two kernels per layer (bench/README.md, "Fewer kernels")
         lead = x.shape[:-1]
         x = x.reshape(-1, x.shape[-1])
         block = self.one_hot_block
