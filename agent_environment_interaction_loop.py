@@ -242,8 +242,8 @@ def make_block_function(config: Config, agent: Agent, envs, num_steps: int,
     optimizer's moments were no longer written in place and the skip branch copied them at every step."""
     c = config
     scan, cond, compiled = drivers
-    act = compiled(jax.vmap(make_act(agent)), donate_first=False)
-    vmapped_store = jax.vmap(make_store(agent))
+    per_seed_act, per_seed_store = make_act(agent), make_store(agent)
+    act = compiled(jax.vmap(per_seed_act), donate_first=False)
     # jitted for its trace cache: `skip_training` below takes the metric shapes from the same trace
     seeds_update = seed_batched_update(agent, config.update_seed_batch, update_seed_bytes(config))
     train_update = compiled(jax.jit(seeds_update))
@@ -255,10 +255,16 @@ def make_block_function(config: Config, agent: Agent, envs, num_steps: int,
         trained = (env_steps > c.training_start_time) & (env_steps % c.train_frequency == 0)
         return trained, env_steps % c.target_update_frequency == 0
 
-    @compiled
-    def store(state: RunState, params, obs, action, z, env_output):
-        state, outputs = vmapped_store(state, params, obs, action, z, env_output)
-        return state, outputs, *decisions(state)
+    def with_decisions(store_transition: Callable) -> Callable:
+        """A store (make_store's arguments) that also returns the decisions on the stored state's counter."""
+
+        def store(state: RunState, params, obs, action, z, env_output):
+            state, outputs = store_transition(state, params, obs, action, z, env_output)
+            return state, outputs, *decisions(state)
+
+        return store
+
+    store = compiled(with_decisions(jax.vmap(per_seed_store)))
 
     def step_function(act, env_step, store, train_update, update_target):
         no_metrics = {}  # zeros shaped like the training metrics, built once
@@ -286,13 +292,7 @@ def make_block_function(config: Config, agent: Agent, envs, num_steps: int,
 
     seeds_step = step_function(act, envs.step, store, train_update, update_target)
     if drivers is JAX_DRIVERS:
-        one_seed_store = make_store(agent)
-
-        def store_one_seed(*args):
-            state, outputs = one_seed_store(*args)
-            return state, outputs, *decisions(state)
-
-        one_seed_step = step_function(make_act(agent), envs.step_one_seed, store_one_seed,
+        one_seed_step = step_function(per_seed_act, envs.step_one_seed, with_decisions(per_seed_store),
                                       jax.jit(agent.train_update), agent.update_target)
 
     def block(state: RunState, length: int = num_steps):
