@@ -14,7 +14,7 @@ from config import Config, ConfigError
 from environments import EnvSpec
 from losses_and_evaluation import actor_critic_losses, imagine, observe_step, world_model_loss
 from losses_and_evaluation import DIAGNOSTIC_SEQUENCES, model_diagnostics
-from networks import latent_size, make_actor_critic, make_world_model
+from networks import latent_noise, latent_size, make_actor_critic, make_world_model
 from replay_buffer import ReplayBuffer, init_buffer, pack_frame, sample_sequences, unpack_frames
 
 
@@ -143,7 +143,7 @@ def make_agent(config: Config, env) -> Agent:
     def act(params: Params, h, obs, key):
         post_key, action_key = jax.random.split(key)
         embed = wm.embed(params.world_model, obs.astype(jnp.float32))
-        z, _ = observe_step(c, wm, params.world_model, h, embed, post_key)
+        z, _ = observe_step(c, wm, params.world_model, h, embed, latent_noise(c, post_key, ()))
         logits = actor.apply(params.actor, jnp.concatenate([h, z], -1))
         return jax.random.categorical(action_key, logits).astype(jnp.int32), z
 

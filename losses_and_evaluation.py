@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from config import Config
-from networks import (WorldModel, latent_entropy, latent_kl, latent_kl_to_standard_normal, sample_latent)
+from networks import (WorldModel, categorical_from_uniform, latent_entropy, latent_kl, latent_kl_to_standard_normal,
+                      latent_noise, sample_latent_from_noise)
 
 
 class PosteriorStates(NamedTuple):
@@ -16,17 +17,19 @@ class PosteriorStates(NamedTuple):
     z: jax.Array  # [B, T, Z] posterior latent sample
 
 
-def observe_step(config: Config, wm: WorldModel, wm_params, h, embed, key):
-    """One RSSM posterior step, shared by acting and sequence observation: (h, embed) -> (z, posterior params)."""
+def observe_step(config: Config, wm: WorldModel, wm_params, h, embed, noise):
+    """One RSSM posterior step, shared by acting and sequence observation: (h, embed) -> (z, posterior params).
+    `noise` is the sample's `latent_noise`."""
     posterior = wm.posterior(wm_params, h, embed)
-    return sample_latent(config, key, posterior), posterior
+    return sample_latent_from_noise(config, noise, posterior), posterior
 
 
-def imagine_step(config: Config, wm: WorldModel, wm_params, h, z, action, key):
-    """One RSSM prior step, shared by sequence observation and imagination: -> (next h, next prior z, prior params)."""
+def imagine_step(config: Config, wm: WorldModel, wm_params, h, z, action, noise):
+    """One RSSM prior step, shared by imagination and the diagnostics' open-loop rollout: -> (next h, next prior z,
+    prior params). `noise` is the prior sample's `latent_noise`."""
     next_h = wm.transition(wm_params, h, z, action)
     prior = wm.prior(wm_params, next_h)
-    return next_h, sample_latent(config, key, prior), prior
+    return next_h, sample_latent_from_noise(config, noise, prior), prior
 
 
 def bernoulli_log_prob(logits, target):
@@ -56,14 +59,14 @@ def observe_sequence(config: Config, wm: WorldModel, wm_params, obs, action, epi
     h0 = jnp.zeros((action.shape[0], config.num_hidden_units), jnp.float32)
 
     def step(h, inputs):  # only what depends on the previous step stays in the scan
-        embed_t, action_t, end_t, key_t = inputs
-        z, posterior = observe_step(config, wm, wm_params, h, embed_t, key_t)
+        embed_t, action_t, end_t, noise_t = inputs
+        z, posterior = observe_step(config, wm, wm_params, h, embed_t, noise_t)
         next_h = wm.transition(wm_params, h, z, action_t)
         return jnp.where(end_t[:, None], 0.0, next_h), (h, z, next_h, posterior)
 
     time_major = lambda x: jnp.swapaxes(x, 0, 1)
-    keys = jax.random.split(key, action.shape[1])
-    _, outs = jax.lax.scan(step, h0, (time_major(embed), time_major(action), time_major(episode_end), keys))
+    noise = latent_noise(config, key, (action.shape[1], action.shape[0]))  # [T, B, ...], one draw for all steps
+    _, outs = jax.lax.scan(step, h0, (time_major(embed), time_major(action), time_major(episode_end), noise))
     h, z, next_h, posterior = jax.tree.map(time_major, outs)
     return h, z, next_h, wm.prior(wm_params, h), posterior
 
@@ -138,15 +141,17 @@ class ImaginedRollout(NamedTuple):
 def imagine(config: Config, wm: WorldModel, wm_params, actor_apply: Callable, actor_params, start_h, start_z, key):
     """Roll the prior forward `rollout_length` steps from start states [N, H], [N, Z] with the actor."""
 
-    def step(carry, key_t):  # only what depends on the previous step stays in the scan
+    def step(carry, noise_t):  # only what depends on the previous step stays in the scan
         h, z = carry
-        action_key, prior_key = jax.random.split(key_t)
-        action = jax.random.categorical(action_key, actor_apply(actor_params, jnp.concatenate([h, z], -1)))
-        next_h, next_z, _ = imagine_step(config, wm, wm_params, h, z, action, prior_key)
+        action_u, latent_noise_t = noise_t
+        action = categorical_from_uniform(action_u, actor_apply(actor_params, jnp.concatenate([h, z], -1)))
+        next_h, next_z, _ = imagine_step(config, wm, wm_params, h, z, action, latent_noise_t)
         return (next_h, next_z), (next_h, next_z, action)
 
-    keys = jax.random.split(key, config.rollout_length)
-    _, (next_h, next_z, action) = jax.lax.scan(step, (start_h, start_z), keys)
+    steps = (config.rollout_length, start_h.shape[0])
+    action_key, latent_key = jax.random.split(key)  # the noise of all steps, drawn before the scan
+    noise = jax.random.uniform(action_key, (*steps, 1)), latent_noise(config, latent_key, steps)
+    _, (next_h, next_z, action) = jax.lax.scan(step, (start_h, start_z), noise)
     h = jnp.concatenate([start_h[None], next_h], 0)  # [K+1, N, H]
     feat = jnp.concatenate([h, jnp.concatenate([start_z[None], next_z], 0)], -1)
     reward = wm.reward(wm_params, next_h)[..., 0]
@@ -262,12 +267,12 @@ def model_diagnostics(config: Config, wm: WorldModel, wm_params, actor_apply: Ca
     imagined_return = discounted_sum(rollout.reward, continuation_weights(rollout.cont) * imagined_steps, c.discount)
 
     def open_loop_step(carry, inputs):
-        action, key_t = inputs
-        next_h_t, next_z_t, _ = imagine_step(c, wm, wm_params, *carry, action, key_t)
+        action, noise_t = inputs
+        next_h_t, next_z_t, _ = imagine_step(c, wm, wm_params, *carry, action, noise_t)
         outs = wm.reward(wm_params, next_h_t)[..., 0], jax.nn.sigmoid(-wm.termination(wm_params, next_h_t))
         return (next_h_t, next_z_t), outs
 
-    open_loop_inputs = (window(batch.action), jax.random.split(open_loop_key, horizon))
+    open_loop_inputs = (window(batch.action), latent_noise(c, open_loop_key, (horizon, batch_size)))
     _, (open_loop_reward, open_loop_cont) = jax.lax.scan(open_loop_step, (start_h, start_z), open_loop_inputs)
     open_loop_return = discounted_sum(open_loop_reward, continuation_weights(open_loop_cont) * real_steps, c.discount)
 

@@ -19,11 +19,14 @@ def test_quickstart_agent_learns_catch():
     first = [np.mean(returns[:50]) for returns in result["returns"]]
     last = [np.mean(returns[-50:]) for returns in result["returns"]]
     assert len(last) == 2 and max(first) < 0.0  # each seed starts out no better than random...
-    # ...and the seeds end up catching most balls. Measured at 440f04d (last 50 episodes, random play about
-    # -0.6): seeds 0 and 1 start learning between 6,000 and 8,000 steps and hold 0.4-0.8 from about 11,000
-    # on: 0.52 and 0.72 at 12,000 steps, 0.72 and 0.56 at the quickstart's 20,000. A mean of 0.4 over two
-    # seeds is a clear margin over random.
-    assert np.mean(last) >= 0.4
+    # ...and each ends up well above random play (last 50 episodes: about -0.6, standard error 0.11). Measured
+    # at 12,000 steps over twelve seed-runs (this run at 440f04d and after the update's noise was drawn outside
+    # its scans, a change of random streams; a 4-seed run before and after that): nine held 0.5-1.0; three sat at 0.1
+    # (catching about 55% of the balls), a plateau that rises to about 0.36 by 20,000 steps. Which seeds sit
+    # there changes with any change of random streams: this run gave 0.52 and 0.72 before, 0.08 and 0.64 after.
+    # So: every seed at least -0.2, and a mean over the two seeds of at least 0.2, clear margins over random
+    # that a plateaued seed does not break.
+    assert min(last) >= -0.2 and np.mean(last) >= 0.2
 
 
 def test_cartpole_agent_learns_through_gymnasium():

@@ -12,7 +12,8 @@ import pytest
 from config import Config
 from initialization import make_optimizer
 from losses_and_evaluation import kl_balance_loss, lambda_returns, world_model_loss
-from networks import latent_entropy, latent_kl, latent_size, make_world_model, sample_latent
+from networks import (categorical_from_uniform, latent_entropy, latent_kl, latent_noise, latent_param_size,
+                      latent_size, make_world_model, sample_latent, sample_latent_from_noise)
 from replay_buffer import SequenceBatch
 
 
@@ -73,6 +74,26 @@ def test_categorical_samples_follow_the_latent_distribution():
     freq = jnp.mean(jax.vmap(lambda k: sample_latent(config, k, logits))(keys), 0).reshape(2, 4)
     np.testing.assert_allclose(freq, jnp.exp(logits).reshape(2, 4), atol=0.015)  # ~4 standard errors
     assert freq[1, 1] == 0 and freq[1, 2] == 0  # zero-probability classes are never drawn
+
+
+def test_categorical_from_uniform_follows_the_softmax():
+    probs = jnp.array([0.1, 0.0, 0.6, 0.3])
+    u = jax.random.uniform(jax.random.PRNGKey(3), (20000, 1))
+    classes = categorical_from_uniform(u, jnp.broadcast_to(jnp.log(probs + 1e-30), (20000, 4)))
+    freq = np.bincount(np.asarray(classes), minlength=4) / 20000
+    np.testing.assert_allclose(freq, probs, atol=0.015)  # ~4 standard errors
+    assert freq[1] == 0
+
+
+def test_a_sequence_of_latent_samples_from_one_draw_of_noise_matches_step_by_step_sampling():
+    for latent_type in ("categorical", "gaussian"):
+        config = Config(num_features=3, feature_width=4, latent_type=latent_type)
+        params = jax.random.normal(jax.random.PRNGKey(0), (5, 2, latent_param_size(config)))  # [T, B, ...]
+        noise = latent_noise(config, jax.random.PRNGKey(1), (5, 2))
+        whole = sample_latent_from_noise(config, noise, params)
+        steps = jnp.stack([sample_latent_from_noise(config, noise[t], params[t]) for t in range(5)])
+        np.testing.assert_array_equal(whole, steps)
+        assert whole.shape == (5, 2, latent_size(config))
 
 
 def test_gaussian_latents_kl_is_zero_for_equal_and_positive_otherwise():

@@ -84,6 +84,14 @@ def test_samples_are_contiguous_and_stay_inside_the_ring(maximize_nonterminal):
         assert set(ids[:, 0]) == set(range(17, 29 - L + 2))
 
 
+def test_sequence_starts_are_uniform_over_the_valid_starts():
+    buffer = filled(np.zeros(30, bool), size=13)  # wrapped: holds steps 17..29, so 10 starts of length 4
+    batch = jax.jit(sample_sequences, static_argnums=(2, 3, 4))(buffer, jax.random.PRNGKey(2), 20000, 4, False)
+    counts = np.bincount(np.asarray(batch.reward[:, 0]).astype(int) - 17, minlength=10)
+    assert counts.shape == (10,)
+    np.testing.assert_allclose(counts / 20000, 0.1, atol=0.011)  # ~5 standard errors of 0.0021
+
+
 def test_terminal_mid_sequence_after_long_episode_ends_sequence_on_it():
     ends = np.zeros(20, bool)
     ends[10] = True
