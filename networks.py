@@ -307,11 +307,6 @@ def sample_latent_from_noise(config: Config, noise, params):
     return mean + std * noise
 
 
-def sample_latent(config: Config, key, params):
-    """`sample_latent_from_noise` with the noise drawn from `key`."""
-    return sample_latent_from_noise(config, latent_noise(config, key, params.shape[:-1]), params)
-
-
 def latent_kl(config: Config, params_p, params_q):
     """KL(p || q) summed over latent variables: [...]."""
     if config.latent_type == "categorical":
@@ -353,8 +348,8 @@ class WorldModel(NamedTuple):
     decode(params, feat [..., H+Z]) -> observation logits/means [..., *obs]
     reward(params, h [..., H]) -> [..., 2] (mean, log std; log std ignored unless learned)
     termination(params, h [..., H]) -> termination logit [...]
-    A categorical z must be a sample (at most one non-zero entry per latent variable, as `sample_latent`
-    returns): the layers reading it multiply it by gathering weight rows (`Linear`).
+    A categorical z must be a sample (at most one non-zero entry per latent variable, as
+    `sample_latent_from_noise` returns): the layers reading it multiply it by gathering weight rows (`Linear`).
     """
 
     init: Callable

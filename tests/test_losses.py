@@ -13,7 +13,7 @@ from config import Config
 from initialization import make_optimizer
 from losses_and_evaluation import kl_balance_loss, lambda_returns, world_model_loss
 from networks import (categorical_from_uniform, latent_entropy, latent_kl, latent_noise, latent_param_size,
-                      latent_size, make_world_model, sample_latent, sample_latent_from_noise)
+                      latent_size, make_world_model, sample_latent_from_noise)
 from replay_buffer import SequenceBatch
 
 
@@ -53,6 +53,10 @@ def test_kl_balance_loss_on_known_logits():
     grad_post = jax.grad(lambda q: kl_balance_loss(config, q, prior)[0].sum())(posterior)
     grad_full = jax.grad(lambda q: latent_kl(config, q, prior).sum())(posterior)
     np.testing.assert_allclose(grad_post, 0.2 * grad_full, rtol=1e-5)
+
+
+def sample_latent(config, key, params):
+    return sample_latent_from_noise(config, latent_noise(config, key, params.shape[:-1]), params)
 
 
 def test_categorical_sample_is_one_hot_with_straight_through_gradient():
