@@ -188,8 +188,9 @@ def over_seeds(per_seed: Callable) -> Callable:
 
 def seed_batched_update(agent: Agent, requested_batch: int, seed_bytes: int = 0) -> Callable:
     """The training update for a leading seed axis: vmapped over all seeds at once, or over batches of
-    `update_seed_batch(requested_batch, seeds, seed_bytes=seed_bytes)` seeds one after another in a loop that
-    updates the state's slices in place. The replay is only read, never carried or copied."""
+    `update_seed_batch(requested_batch, seeds, seed_bytes=seed_bytes)` seeds one after another, in a `scan`
+    that reads each batch from the old state and writes it to the new one. The replay is only read, never
+    carried or copied."""
     # jitted, so that the trace made for the metric shapes below is reused by the calls (the update is
     # the largest function of a block: tracing it twice took seconds)
     vmapped = jax.jit(over_seeds(agent.train_update))
@@ -199,30 +200,22 @@ def seed_batched_update(agent: Agent, requested_batch: int, seed_bytes: int = 0)
         batch = update_seed_batch(requested_batch, num_seeds, seed_bytes=seed_bytes)
         if batch == num_seeds:
             return vmapped(state)
-        replay, seeds = state.replay, state._replace(replay=None)
-
-        def update_slice(start, size, seeds, metrics):
-            new, new_metrics = vmapped(_take(seeds, start, size)._replace(replay=_take(replay, start, size)))
-            return _put(seeds, new._replace(replay=None), start), _put(metrics, new_metrics, start)
-
-        metric_shapes = jax.eval_shape(vmapped, _take(state, 0, batch))[1]
-        metrics = jax.tree.map(lambda s: jnp.zeros((num_seeds, *s.shape[1:]), s.dtype), metric_shapes)
-        full_batches, rest = divmod(num_seeds, batch)
-        seeds, metrics = jax.lax.fori_loop(
-            0, full_batches, lambda i, carry: update_slice(i * batch, batch, *carry), (seeds, metrics))
-        if rest:
-            seeds, metrics = update_slice(full_batches * batch, rest, seeds, metrics)
-        return seeds._replace(replay=replay), metrics
+        # A scan over [batches, batch, ...] views of the state, not a loop that slices the state and writes the
+        # batch back in place: XLA:CPU copied the whole seed-stacked optimizer moments (four copies of
+        # seeds x 42 MB for config.json) in every iteration of such a loop, a cost that grew with the square of
+        # the seed count. The scan's input and output are distinct buffers, so each batch is read and written
+        # once.
+        full = num_seeds - num_seeds % batch
+        batches = lambda x: x[:full].reshape(full // batch, batch, *x.shape[1:])
+        seeds = jax.tree.map(batches, state)
+        _, (new, metrics) = jax.lax.scan(lambda _, part: (None, vmapped(part)), None, seeds)
+        new, metrics = jax.tree.map(lambda x: x.reshape(full, *x.shape[2:]), (new, metrics))
+        if full < num_seeds:  # the remainder batch
+            rest, rest_metrics = vmapped(jax.tree.map(lambda x: x[full:], state))
+            new, metrics = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), (new, metrics), (rest, rest_metrics))
+        return new._replace(replay=state.replay), metrics
 
     return update
-
-
-def _take(tree, start, size: int):
-    return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, size), tree)
-
-
-def _put(tree, part, start):
-    return jax.tree.map(lambda x, p: jax.lax.dynamic_update_slice_in_dim(x, p, start, 0), tree, part)
 
 
 def make_block_function(config: Config, agent: Agent, envs, num_steps: int,
