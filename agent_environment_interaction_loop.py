@@ -186,11 +186,19 @@ def over_seeds(per_seed: Callable) -> Callable:
     return run
 
 
-def seed_batched_update(agent: Agent, requested_batch: int, seed_bytes: int = 0) -> Callable:
+def seed_batched_update(agent: Agent, requested_batch: int, seed_bytes: int = 0,
+                        in_place: bool | None = None) -> Callable:
     """The training update for a leading seed axis: vmapped over all seeds at once, or over batches of
-    `update_seed_batch(requested_batch, seeds, seed_bytes=seed_bytes)` seeds one after another, in a `scan`
-    that reads each batch from the old state and writes it to the new one. The replay is only read, never
-    carried or copied."""
+    `update_seed_batch(requested_batch, seeds, seed_bytes=seed_bytes)` seeds one after another, either
+    - in place (`in_place`; the default on accelerators, where batches exist to save device memory): a loop
+      slices each batch out of the state and writes it back into the same buffers;
+    - or as a `scan` (the default on CPU, where they exist because vmapping a large update gains no speed)
+      over [batches, batch] views of the state, which reads each batch from the old state and writes it to a
+      new one. XLA:CPU copied the whole seed-stacked optimizer moments in every iteration of the in-place loop
+      (config.json, 8 seeds: four copies of 336 MB for each seed's update, 2.5% of its time, growing with the
+      square of the seed count); the scan holds a second copy of the seeds' parameters and optimizer states
+      instead (130 MB a seed for config.json).
+    The replay is only read, never carried or copied."""
     # jitted, so that the trace made for the metric shapes below is reused by the calls (the update is
     # the largest function of a block: tracing it twice took seconds)
     vmapped = jax.jit(over_seeds(agent.train_update))
@@ -200,22 +208,44 @@ def seed_batched_update(agent: Agent, requested_batch: int, seed_bytes: int = 0)
         batch = update_seed_batch(requested_batch, num_seeds, seed_bytes=seed_bytes)
         if batch == num_seeds:
             return vmapped(state)
-        # A scan over [batches, batch, ...] views of the state, not a loop that slices the state and writes the
-        # batch back in place: XLA:CPU copied the whole seed-stacked optimizer moments (four copies of
-        # seeds x 42 MB for config.json) in every iteration of such a loop, a cost that grew with the square of
-        # the seed count. The scan's input and output are distinct buffers, so each batch is read and written
-        # once.
-        full = num_seeds - num_seeds % batch
-        batches = lambda x: x[:full].reshape(full // batch, batch, *x.shape[1:])
-        seeds = jax.tree.map(batches, state)
-        _, (new, metrics) = jax.lax.scan(lambda _, part: (None, vmapped(part)), None, seeds)
+        full = num_seeds - num_seeds % batch  # seeds in full batches; the rest make one smaller batch
+        if in_place if in_place is not None else jax.default_backend() != "cpu":
+            return _update_in_place(vmapped, state, batch, full)
+        batches = jax.tree.map(lambda x: x[:full].reshape(full // batch, batch, *x.shape[1:]), state)
+        _, (new, metrics) = jax.lax.scan(lambda _, part: (None, vmapped(part)), None, batches)
         new, metrics = jax.tree.map(lambda x: x.reshape(full, *x.shape[2:]), (new, metrics))
-        if full < num_seeds:  # the remainder batch
-            rest, rest_metrics = vmapped(jax.tree.map(lambda x: x[full:], state))
-            new, metrics = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), (new, metrics), (rest, rest_metrics))
+        if full < num_seeds:
+            rest = vmapped(jax.tree.map(lambda x: x[full:], state))
+            new, metrics = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), (new, metrics), rest)
         return new._replace(replay=state.replay), metrics
 
     return update
+
+
+def _update_in_place(vmapped: Callable, state: RunState, batch: int, full: int):
+    """`seed_batched_update`'s in-place loop: batches of `batch` seeds up to seed `full`, then the rest."""
+    replay, seeds = state.replay, state._replace(replay=None)
+
+    def update_slice(start, size, seeds, metrics):
+        new, new_metrics = vmapped(_take(seeds, start, size)._replace(replay=_take(replay, start, size)))
+        return _put(seeds, new._replace(replay=None), start), _put(metrics, new_metrics, start)
+
+    num_seeds = state.env_steps.shape[0]
+    metric_shapes = jax.eval_shape(vmapped, _take(state, 0, batch))[1]
+    metrics = jax.tree.map(lambda s: jnp.zeros((num_seeds, *s.shape[1:]), s.dtype), metric_shapes)
+    seeds, metrics = jax.lax.fori_loop(
+        0, full // batch, lambda i, carry: update_slice(i * batch, batch, *carry), (seeds, metrics))
+    if full < num_seeds:
+        seeds, metrics = update_slice(full, num_seeds - full, seeds, metrics)
+    return seeds._replace(replay=replay), metrics
+
+
+def _take(tree, start, size: int):
+    return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, size), tree)
+
+
+def _put(tree, part, start):
+    return jax.tree.map(lambda x, p: jax.lax.dynamic_update_slice_in_dim(x, p, start, 0), tree, part)
 
 
 def make_block_function(config: Config, agent: Agent, envs, num_steps: int,

@@ -84,8 +84,8 @@ def test_seed_i_of_multiseed_run_equals_single_seed_run(debug_config):
         np.testing.assert_array_equal(multi_leaf[1], single_leaf[0])
 
 
-def _skip_branch_copies(hlo: str) -> list[tuple[int, ...]]:
-    """Shapes of the buffers that branch 0 (the false branch) of every conditional in compiled HLO text copies."""
+def _computations(hlo: str) -> dict[str, list[str]]:
+    """Compiled HLO text split into its computations: name -> instruction lines."""
     computations, name = {}, None
     for line in hlo.splitlines():
         header = re.match(r"^(?:ENTRY )?(%[\w.\-]+) ", line)
@@ -94,10 +94,31 @@ def _skip_branch_copies(hlo: str) -> list[tuple[int, ...]]:
             computations[name] = []
         elif name:
             computations[name].append(line)
-    skip_branches = re.findall(r" conditional\(.*branch_computations=\{(%[\w.\-]+),", hlo)
-    copies = [re.search(r"= \w+\[([\d,]*)\]\S* copy\(", line) for branch in skip_branches
-              for line in computations[branch]]
+    return computations
+
+
+def _copied_shapes(lines: list[str]) -> list[tuple[int, ...]]:
+    copies = [re.search(r"= \w+\[([\d,]*)\]\S* copy\(", line) for line in lines]
     return [tuple(int(d) for d in m.group(1).split(",") if d) for m in copies if m]
+
+
+def _skip_branch_copies(hlo: str) -> list[tuple[int, ...]]:
+    """Shapes of the buffers that branch 0 (the false branch) of every conditional in compiled HLO text copies."""
+    computations = _computations(hlo)
+    skip_branches = re.findall(r" conditional\(.*branch_computations=\{(%[\w.\-]+),", hlo)
+    return [shape for branch in skip_branches for shape in _copied_shapes(computations[branch])]
+
+
+def _loop_body_copies(hlo: str) -> list[tuple[int, ...]]:
+    """Shapes of the buffers that the body of every while loop in compiled HLO text copies at each iteration,
+    itself or in the fused kernels it calls."""
+    computations = _computations(hlo)
+    shapes = []
+    for body in re.findall(r" while\(.*body=(%[\w.\-]+)", hlo):
+        called = re.findall(r"calls=(%[\w.\-]+)", "\n".join(computations[body]))
+        for name in [body, *called]:
+            shapes += _copied_shapes(computations[name])
+    return shapes
 
 
 def test_skipping_training_copies_no_optimizer_moments(debug_config):
@@ -114,12 +135,32 @@ def test_skipping_training_copies_no_optimizer_moments(debug_config):
     assert not [shape for shape in copied if shape[-1:] in {m[1:] for m in moments}]
 
 
-def test_seed_batched_update_matches_the_vmapped_update(debug_config):
-    # 3 seeds in batches of 2 (the loop runs one batch of 2, then the remainder of 1): the same update as
-    # vmapping all 3 at once, up to float rounding, and the replay is handed back untouched.
+def test_cpu_seed_batches_do_not_copy_every_seeds_optimizer_moments(debug_config):
+    # The seeds' updates run one batch after another. In the loop that slices a batch out of the state and
+    # writes it back in place, XLA:CPU copies the whole seed-stacked optimizer moments in every iteration
+    # (config.json, 8 seeds: four copies of 336 MB for each seed's update); the CPU default, a scan from the
+    # old state to a new one, copies none of them.
+    config, agent, envs, state = _seeded(debug_config, 4)
+    moments = {leaf.shape for leaf in jax.tree.leaves(state.opt_states) if leaf.ndim == 2 and leaf.shape[1] > 1}
+    assert moments
+    copied = {}
+    for in_place in (None, True):
+        update = jax.jit(seed_batched_update(agent, 1, in_place=in_place), donate_argnums=0)
+        hlo = update.lower(state).compile().as_text()
+        assert " while(" in hlo
+        copied[in_place] = set(_loop_body_copies(hlo)) & moments
+    assert not copied[None]
+    assert copied[True]  # the test can see the copies it checks for
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_seed_batched_update_matches_the_vmapped_update(debug_config, in_place):
+    # 3 seeds in batches of 2 (one batch of 2, then the remainder of 1), scanned (CPU's default) or in place
+    # (accelerators'): the same update as vmapping all 3 at once, up to float rounding, and the replay is
+    # handed back untouched.
     config, agent, envs, state = _seeded(debug_config, 3)
     state, _ = jax.jit(make_block_function(config, agent, envs, config.training_start_time))(state)
-    mapped, mapped_metrics = jax.jit(seed_batched_update(agent, 2))(state)
+    mapped, mapped_metrics = jax.jit(seed_batched_update(agent, 2, in_place=in_place))(state)
     vmapped, vmapped_metrics = jax.jit(seed_batched_update(agent, 3))(state)
     assert _leaves_equal(mapped.replay, state.replay)
     np.testing.assert_array_equal(mapped.updates, vmapped.updates)
