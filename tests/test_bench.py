@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 
 import bench_loop  # noqa: E402
+import bench_seed_update  # noqa: E402
 import bench_update  # noqa: E402
 
 
@@ -47,6 +48,19 @@ def test_bench_update_prints_times_flops_and_roofline(capsys):
     # the two halves' matrix products make up the update's (the update adds no matmul of its own)
     assert report["flops"] == pytest.approx(report["world_model_flops"] + report["actor_critic_flops"])
     assert report["roofline_bound_s"] == pytest.approx(report["flops"] / report["roofline_gflops_per_s"] / 1e9)
+
+
+@pytest.mark.parametrize("form", ["scan", "in_place"])
+def test_bench_seed_update_runs_every_seeds_update_in_batches(capsys, form):
+    # 3 seeds in batches of 2: a full batch, then the remainder
+    bench_seed_update.main(["-c", "configs/debug.json", "--seeds", "3", "--form", form, "--repeats", "1",
+                            "--set", "update_seed_batch=2"])
+    report = _printed_json(capsys)
+    assert report["form"] == form and report["update_seed_batch"] == 2
+    assert report["updates"] == [2, 2, 2]  # a warm-up call and a timed one, each updating every seed once
+    assert len(report["call_s"]) == 2 and report["update_s"] == min(report["call_s"][1:])
+    assert report["update_s_per_seed"] == pytest.approx(report["update_s"] / 3)
+    assert report["compile_s"] > 0 and report["peak_rss_mb"] > 0
 
 
 def test_matmul_flops_counts_every_seed_of_a_vmapped_product():
