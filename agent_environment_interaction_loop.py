@@ -195,7 +195,7 @@ def seed_batched_update(agent: Agent, requested_batch: int, seed_bytes: int = 0,
     - or as a `scan` (the default on CPU, where they exist because vmapping a large update gains no speed)
       over [batches, batch] views of the state, which reads each batch from the old state and writes it to a
       new one. XLA:CPU copied the whole seed-stacked optimizer moments in every iteration of the in-place loop
-      (config.json, 8 seeds: four copies of 336 MB for each seed's update, 2.5% of its time, growing with the
+      (config.json, 8 seeds: four copies of 336 MB for each seed's update, 2-3% of its time, growing with the
       square of the seed count); the scan holds a second copy of the seeds' parameters and optimizer states
       instead (130 MB a seed for config.json).
     The replay is only read, never carried or copied."""

@@ -121,11 +121,14 @@ def _loop_body_copies(hlo: str) -> list[tuple[int, ...]]:
     return shapes
 
 
-def test_skipping_training_copies_no_optimizer_moments(debug_config):
+@pytest.mark.parametrize("num_seeds", [1, 2])
+def test_skipping_training_copies_no_optimizer_moments(debug_config, num_seeds):
     # The branch of the training `cond` that skips training passes the state through. It copies nothing big
-    # only if the training branch writes the optimizer's flat moments in place; once one seed's moments were
-    # not, and every acting step copied them (reference config: 84 MB, acting 2.8 -> 26.7 ms per step).
-    config, agent, envs, state = _seeded(debug_config, 1)
+    # only if the training branch leaves the optimizer's flat moments in the loop state's buffers; once one
+    # seed's moments were not, and every acting step copied them (reference config: 84 MB, acting 2.8 -> 26.7 ms
+    # per step). Two seeds one at a time: the training branch's scan over seeds writes new buffers, and the
+    # copy back into the loop state must be the training branch's, not the skip branch's.
+    config, agent, envs, state = _seeded(dataclasses.replace(debug_config, update_seed_batch=1), num_seeds)
     hlo = jit_block(make_block_function(config, agent, envs, 5)).lower(state).compile().as_text()
     # the flat moments: [seeds, size] vectors of the size of a network's parameter count
     moments = {leaf.shape for leaf in jax.tree.leaves(state.opt_states) if leaf.ndim == 2 and leaf.shape[1] > 1}
@@ -139,17 +142,17 @@ def test_cpu_seed_batches_do_not_copy_every_seeds_optimizer_moments(debug_config
     # The seeds' updates run one batch after another. In the loop that slices a batch out of the state and
     # writes it back in place, XLA:CPU copies the whole seed-stacked optimizer moments in every iteration
     # (config.json, 8 seeds: four copies of 336 MB for each seed's update); the CPU default, a scan from the
-    # old state to a new one, copies none of them.
+    # old state to a new one (in_place False), copies none of them.
     config, agent, envs, state = _seeded(debug_config, 4)
     moments = {leaf.shape for leaf in jax.tree.leaves(state.opt_states) if leaf.ndim == 2 and leaf.shape[1] > 1}
     assert moments
     copied = {}
-    for in_place in (None, True):
+    for in_place in (False, True):
         update = jax.jit(seed_batched_update(agent, 1, in_place=in_place), donate_argnums=0)
         hlo = update.lower(state).compile().as_text()
         assert " while(" in hlo
         copied[in_place] = set(_loop_body_copies(hlo)) & moments
-    assert not copied[None]
+    assert not copied[False]
     assert copied[True]  # the test can see the copies it checks for
 
 
