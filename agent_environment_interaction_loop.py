@@ -202,6 +202,7 @@ def seed_batched_update(agent: Agent, requested_batch: int, seed_bytes: int = 0,
     # jitted, so that the trace made for the metric shapes below is reused by the calls (the update is
     # the largest function of a block: tracing it twice took seconds)
     vmapped = jax.jit(over_seeds(agent.train_update))
+    in_place = jax.default_backend() != "cpu" if in_place is None else in_place
 
     def update(state: RunState):
         num_seeds = state.env_steps.shape[0]
@@ -209,7 +210,7 @@ def seed_batched_update(agent: Agent, requested_batch: int, seed_bytes: int = 0,
         if batch == num_seeds:
             return vmapped(state)
         full = num_seeds - num_seeds % batch  # seeds in full batches; the rest make one smaller batch
-        if in_place if in_place is not None else jax.default_backend() != "cpu":
+        if in_place:
             return _update_in_place(vmapped, state, batch, full)
         batches = jax.tree.map(lambda x: x[:full].reshape(full // batch, batch, *x.shape[1:]), state)
         _, (new, metrics) = jax.lax.scan(lambda _, part: (None, vmapped(part)), None, batches)

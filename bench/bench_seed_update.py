@@ -29,11 +29,11 @@ import jax  # noqa: E402
 from agent_environment_interaction_loop import (  # noqa: E402
     compiler_options, seed_batched_update, update_seed_batch, update_seed_bytes)
 from bench_loop import machine_info  # noqa: E402  (this folder is on sys.path when run as a script)
+from bench_update import filled_replay  # noqa: E402
 from config import load_config  # noqa: E402
 from environments import environment_from_config, seed_environments  # noqa: E402
 from experiment import initial_state  # noqa: E402
 from initialization import make_agent  # noqa: E402
-from replay_buffer import add  # noqa: E402
 
 FORMS = {"default": None, "scan": False, "in_place": True}
 
@@ -54,15 +54,8 @@ def main(argv=None):
     agent = make_agent(c, env)
     state = initial_state(c, agent, seed_environments(env, range(args.seeds), jax_env=True), seed=0)
 
-    def fill(buffer, key):  # one seed's replay: enough random-looking transitions to sample full batches
-        def fill_step(i, buffer):
-            obs = jax.random.bernoulli(jax.random.fold_in(key, i), 0.1, env.spec.obs_shape)
-            return add(buffer, agent.replay_obs(obs), i % env.spec.num_actions, 0.0, i % 37 == 0, False)
-
-        return jax.lax.fori_loop(0, 2 * c.sequence_length, fill_step, buffer)
-
-    state = state._replace(replay=jax.jit(jax.vmap(fill))(state.replay, jax.random.split(jax.random.PRNGKey(1),
-                                                                                         args.seeds)))
+    fill = jax.jit(jax.vmap(lambda buffer, key: filled_replay(c, agent, env.spec, buffer, key)))
+    state = state._replace(replay=fill(state.replay, jax.random.split(jax.random.PRNGKey(1), args.seeds)))
     update = jax.jit(seed_batched_update(agent, c.update_seed_batch, update_seed_bytes(c), FORMS[args.form]),
                      donate_argnums=0, compiler_options=compiler_options())
     start = time.perf_counter()

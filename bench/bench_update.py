@@ -96,6 +96,16 @@ def matmul_roofline(repeats: int) -> float:
     return 2 * 2048**3 / best_time(matmul, a, repeats=repeats) / 1e9
 
 
+def filled_replay(config, agent, spec, buffer, key):
+    """One seed's `buffer` with enough random-looking transitions added to sample full batches."""
+
+    def fill_step(i, buffer):
+        obs = jax.random.bernoulli(jax.random.fold_in(key, i), 0.1, spec.obs_shape)
+        return add(buffer, agent.replay_obs(obs), i % spec.num_actions, 0.0, i % 37 == 0, False)
+
+    return jax.lax.fori_loop(0, 2 * config.sequence_length, fill_step, buffer)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", default="config.json")
@@ -113,12 +123,7 @@ def main(argv=None):
 
     env_state, obs = jax.jit(env.reset)(jax.random.PRNGKey(1))
     state = jax.jit(agent.init_state)(jax.random.PRNGKey(0), env_state, obs)
-    # Fill the replay with enough random-looking transitions to sample full batches.
-    def fill_step(i, buffer, key):
-        obs = jax.random.bernoulli(jax.random.fold_in(key, i), 0.1, env.spec.obs_shape)
-        return add(buffer, agent.replay_obs(obs), i % env.spec.num_actions, 0.0, i % 37 == 0, False)
-
-    fill = jax.jit(lambda buf, key: jax.lax.fori_loop(0, 2 * c.sequence_length, lambda i, b: fill_step(i, b, key), buf))
+    fill = jax.jit(lambda buffer, key: filled_replay(c, agent, env.spec, buffer, key))
     state = state._replace(replay=fill(state.replay, jax.random.PRNGKey(1)))
     batch = jax.jit(lambda r, k: sample_sequences(r, k, c.batch_size, c.sequence_length, c.maximize_nonterminal))(
         state.replay, jax.random.PRNGKey(2))
