@@ -51,14 +51,14 @@ def test_bench_update_prints_times_flops_and_roofline(capsys):
 
 
 def test_bench_seed_update_runs_every_seeds_update_in_batches(capsys):
-    # 3 seeds in batches of 2: a full batch, then the remainder (both forms' updates: tests/test_loop.py)
-    bench_seed_update.main(["-c", "configs/debug.json", "--seeds", "3", "--form", "in_place", "--repeats", "1",
-                            "--set", "update_seed_batch=2"])
+    # 2 seeds one at a time (both forms' updates, and a remainder batch: tests/test_loop.py)
+    bench_seed_update.main(["-c", "configs/debug.json", "--seeds", "2", "--form", "in_place", "--repeats", "1",
+                            "--set", "update_seed_batch=1"])
     report = _printed_json(capsys)
-    assert report["form"] == "in_place" and report["update_seed_batch"] == 2
-    assert report["updates"] == [2, 2, 2]  # a warm-up call and a timed one, each updating every seed once
+    assert report["form"] == "in_place" and report["update_seed_batch"] == 1
+    assert report["updates"] == [2, 2]  # a warm-up call and a timed one, each updating every seed once
     assert len(report["call_s"]) == 2 and report["update_s"] == min(report["call_s"][1:])
-    assert report["update_s_per_seed"] == pytest.approx(report["update_s"] / 3)
+    assert report["update_s_per_seed"] == pytest.approx(report["update_s"] / 2)
     assert report["compile_s"] > 0 and report["peak_rss_mb"] > 0
 
 

@@ -2,9 +2,12 @@
 before, the training `cond` is a real branch, and seed i of a multi-seed run is the single-seed run SEED+i."""
 
 import dataclasses
+import os
 import re
+import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -14,6 +17,10 @@ from config import load_config
 from environments import environment_from_config, seed_environments
 from experiment import initial_state, run
 from initialization import make_agent
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+
+import bench_update  # noqa: E402  (its replay fill)
 
 
 @pytest.fixture(scope="module")
@@ -138,39 +145,36 @@ def test_skipping_training_copies_no_optimizer_moments(debug_config, num_seeds):
     assert not [shape for shape in copied if shape[-1:] in {m[1:] for m in moments}]
 
 
-def test_cpu_seed_batches_do_not_copy_every_seeds_optimizer_moments(debug_config):
-    # The seeds' updates run one batch after another. In the loop that slices a batch out of the state and
-    # writes it back in place, XLA:CPU copies the whole seed-stacked optimizer moments in every iteration
-    # (config.json, 8 seeds: four copies of 336 MB for each seed's update); the CPU default, a scan from the
-    # old state to a new one (in_place False), copies none of them.
-    config, agent, envs, state = _seeded(debug_config, 4)
+def test_seed_batched_update_forms_match_the_vmapped_update(debug_config):
+    # 5 seeds scanned in batches of 2 (CPU's default form; two full batches, then the remainder of 1) or in
+    # place one at a time (accelerators'): the same update as vmapping all 5 at once, up to float rounding, and
+    # the replay is handed back untouched. In the in-place loop, which slices a batch out of the state and
+    # writes it back, XLA:CPU copies the whole seed-stacked optimizer moments in every iteration (config.json,
+    # 8 seeds: four copies of 336 MB for each seed's update); the scan from the old state to a new one copies
+    # none. (A remainder compiles a second update program: one form has one, to keep the test's time down.)
+    config, agent, envs, state = _seeded(debug_config, 5)
+    fill = jax.vmap(lambda buffer, key: bench_update.filled_replay(config, agent, envs.spec, buffer, key))
+    state = state._replace(replay=jax.jit(fill)(state.replay, jax.random.split(jax.random.PRNGKey(1), 5)))
     moments = {leaf.shape for leaf in jax.tree.leaves(state.opt_states) if leaf.ndim == 2 and leaf.shape[1] > 1}
-    assert moments
+    assert moments  # the world model's, actor's and critic's flat moments: [seeds, size]
+    vmapped, vmapped_metrics = jax.jit(seed_batched_update(agent, 5))(state)
     copied = {}
-    for in_place in (False, True):
-        update = jax.jit(seed_batched_update(agent, 1, in_place=in_place), donate_argnums=0)
-        hlo = update.lower(state).compile().as_text()
+    for in_place, batch in ((False, 2), (True, 1)):
+        # donated, as the block donates the state; the copy keeps `state` for the next form
+        update = jax.jit(seed_batched_update(agent, batch, in_place=in_place), donate_argnums=0)
+        compiled = update.lower(state).compile()
+        hlo = compiled.as_text()
         assert " while(" in hlo
         copied[in_place] = set(_loop_body_copies(hlo)) & moments
+        mapped, mapped_metrics = compiled(jax.tree.map(jnp.copy, state))
+        assert _leaves_equal(mapped.replay, state.replay)
+        np.testing.assert_array_equal(mapped.updates, vmapped.updates)
+        for a, b in zip(jax.tree.leaves((mapped.params, mapped_metrics)),
+                        jax.tree.leaves((vmapped.params, vmapped_metrics))):
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+        assert not _leaves_equal(mapped.params, state.params)
     assert not copied[False]
     assert copied[True]  # the test can see the copies it checks for
-
-
-@pytest.mark.parametrize("in_place", [False, True])
-def test_seed_batched_update_matches_the_vmapped_update(debug_config, in_place):
-    # 3 seeds in batches of 2 (one batch of 2, then the remainder of 1), scanned (CPU's default) or in place
-    # (accelerators'): the same update as vmapping all 3 at once, up to float rounding, and the replay is
-    # handed back untouched.
-    config, agent, envs, state = _seeded(debug_config, 3)
-    state, _ = jax.jit(make_block_function(config, agent, envs, config.training_start_time))(state)
-    mapped, mapped_metrics = jax.jit(seed_batched_update(agent, 2, in_place=in_place))(state)
-    vmapped, vmapped_metrics = jax.jit(seed_batched_update(agent, 3))(state)
-    assert _leaves_equal(mapped.replay, state.replay)
-    np.testing.assert_array_equal(mapped.updates, vmapped.updates)
-    for a, b in zip(jax.tree.leaves((mapped.params, mapped_metrics)),
-                    jax.tree.leaves((vmapped.params, vmapped_metrics))):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
-    assert not _leaves_equal(mapped.params, state.params)
 
 
 def test_update_seed_batch_default_depends_on_the_backend():
