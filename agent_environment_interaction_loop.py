@@ -210,17 +210,30 @@ def seed_batched_update(agent: Agent, requested_batch: int, seed_bytes: int = 0,
         if batch == num_seeds:
             return vmapped(state)
         full = num_seeds - num_seeds % batch  # seeds in full batches; the rest make one smaller batch
-        if in_place:
-            return _update_in_place(vmapped, state, batch, full)
-        batches = jax.tree.map(lambda x: x[:full].reshape(full // batch, batch, *x.shape[1:]), state)
-        _, (new, metrics) = jax.lax.scan(lambda _, part: (None, vmapped(part)), None, batches)
-        new, metrics = jax.tree.map(lambda x: x.reshape(full, *x.shape[2:]), (new, metrics))
-        if full < num_seeds:
-            rest = vmapped(jax.tree.map(lambda x: x[full:], state))
-            new, metrics = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), (new, metrics), rest)
-        return new._replace(replay=state.replay), metrics
+        return (_update_in_place if in_place else _update_scanned)(vmapped, state, batch, full)
 
     return update
+
+
+def _update_scanned(vmapped: Callable, state: RunState, batch: int, full: int):
+    """`seed_batched_update`'s scan: batches of `batch` seeds up to seed `full`, read from the old state and
+    written to a new one, then the rest. The replay stays out of the scan's inputs and outputs, and each batch
+    slices its rows from it: as a scan input, XLA:CPU copied its actions, rewards and flags at every call."""
+    replay, seeds = state.replay, state._replace(replay=None)
+
+    def update_batch(_, start_and_part):
+        start, part = start_and_part
+        new, metrics = vmapped(part._replace(replay=_take(replay, start, batch)))
+        return None, (new._replace(replay=None), metrics)
+
+    batches = jax.tree.map(lambda x: x[:full].reshape(full // batch, batch, *x.shape[1:]), seeds)
+    _, (new, metrics) = jax.lax.scan(update_batch, None, (jnp.arange(0, full, batch), batches))
+    new, metrics = jax.tree.map(lambda x: x.reshape(full, *x.shape[2:]), (new, metrics))
+    if full < state.env_steps.shape[0]:
+        rest, rest_metrics = vmapped(jax.tree.map(lambda x: x[full:], state))
+        new, metrics = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), (new, metrics),
+                                    (rest._replace(replay=None), rest_metrics))
+    return new._replace(replay=replay), metrics
 
 
 def _update_in_place(vmapped: Callable, state: RunState, batch: int, full: int):
