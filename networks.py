@@ -141,34 +141,41 @@ class MLP(hk.Module):
 
 
 class Conv3x3(hk.Module):
-    """A 3x3, stride-1, SAME-padded convolution written as nine shifted views and one matmul.
+    """A 3x3, stride-1, SAME-padded convolution written with one matmul and no convolution op.
 
     Same maths and parameter layout as hk.Conv2D(filters, 3, padding="SAME"), but XLA:CPU runs a convolution
-    op inside a scan/cond body more than ten times slower than outside it, while a matmul runs at full speed
-    (see bench/README.md). Images here are small (MinAtar 10x10), so the 9x larger patch tensor is cheap."""
+    op inside a scan/cond body tens of times slower than outside it, while a matmul runs at full speed (see
+    bench/README.md). Two forms, each the faster one where it is used (measured inside the update):
+    - more outputs than inputs (the encoder): the nine shifted views concatenated (9C values a pixel) times the
+      kernel ([9C, F]);
+    - fewer outputs than inputs (the decoder): each pixel's three horizontal taps (3C values, the image padded by a
+      column on each side) times the three kernel rows at once ([3C, 3F]); kernel row 0's output is moved down
+      one image row, row 2's up one, and the three are added, with zero rows entering at the edges. Nothing is
+      computed for rows of vertical padding, and the backward pass adds no padded copies (bench/README.md,
+      "Decoder convolutions without vertical padding")."""
 
     def __init__(self, filters: int, name=None):
         super().__init__(name=name)
         self.filters = filters
 
     def __call__(self, x):  # [N, H, W, C] -> [N, H, W, filters]
-        channels = x.shape[-1]
+        channels, f = x.shape[-1], self.filters
         w_init = hk.initializers.VarianceScaling(1.0, "fan_avg", "truncated_normal")
-        w = hk.get_parameter("w", (3, 3, channels, self.filters), x.dtype, init=w_init)
-        b = hk.get_parameter("b", (self.filters,), x.dtype, init=jnp.zeros)
+        w = hk.get_parameter("w", (3, 3, channels, f), x.dtype, init=w_init)  # [kernel row, kernel column, C, F]
+        b = hk.get_parameter("b", (f,), x.dtype, init=jnp.zeros)
         height, width = x.shape[1:3]
-        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # [N, H+2, W+2, C]
-        if channels <= self.filters:
+        if channels <= f:  # more outputs than inputs (the encoder): the 9C patches and one matmul
+            padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # [N, H+2, W+2, C]
             patches = jnp.concatenate([padded[:, i:i + height, j:j + width] for i in range(3) for j in range(3)], -1)
-            return patches @ w.reshape(9 * channels, self.filters) + b  # [N, H, W, 9C] @ [9C, F]
-        # Fewer outputs than inputs (the decoder): materialise only the three horizontal taps (3C), multiply by
-        # the three kernel rows at once, and add the row outputs shifted vertically. The concatenation of the
-        # 9C patches was the costliest copy of an update (the decoder's first layer: 576 values per pixel).
-        rows = jnp.concatenate([padded[:, :, j:j + width] for j in range(3)], -1)  # [N, H+2, W, 3C]
-        row_kernels = w.reshape(3, 3 * channels, self.filters).transpose(1, 0, 2).reshape(3 * channels, -1)
-        row_out = rows @ row_kernels  # [N, H+2, W, 3F]: kernel row i in channels [iF, (i+1)F)
-        f = self.filters
-        return sum(row_out[:, i:i + height, :, i * f:(i + 1) * f] for i in range(3)) + b
+            return patches @ w.reshape(9 * channels, f) + b  # [N, H, W, 9C] @ [9C, F]
+        padded = jnp.pad(x, ((0, 0), (0, 0), (1, 1), (0, 0)))  # [N, H, W+2, C]: horizontal padding only
+        taps = jnp.concatenate([padded[:, :, j:j + width] for j in range(3)], -1)  # [N, H, W, 3C]
+        kernels = w.transpose(1, 2, 0, 3).reshape(3 * channels, 3 * f)  # [(column, C), (row, F)]
+        rows = (taps @ kernels).reshape(*x.shape[:3], 3, f)  # [N, H, W, kernel row, F]
+        zero = jnp.zeros_like(rows[:, :1, :, 0])
+        above = jnp.concatenate([zero, rows[:, :-1, :, 0]], 1)  # kernel row 0 reads the image row above
+        below = jnp.concatenate([rows[:, 1:, :, 2], zero], 1)  # kernel row 2 reads the image row below
+        return above + rows[:, :, :, 1] + below + b
 
 
 def _as_image(obs_shape: tuple[int, ...]) -> tuple[int, int, int]:

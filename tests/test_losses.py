@@ -140,14 +140,15 @@ def test_rssm_and_world_model_loss_shapes(obs_shape, no_conv, latent_type):
     assert all(np.isfinite(v) for v in metrics.values())
 
 
-@pytest.mark.parametrize("channels,filters", [(3, 5), (7, 2)])  # patch path (C <= F) and kernel-row path (C > F)
-def test_conv3x3_matches_haiku_conv2d_same_padding(channels, filters):
+@pytest.mark.parametrize("channels,filters,height", [(3, 5, 10), (7, 2, 10), (7, 2, 1)])
+# the patch form (C <= F) and the kernel-row form (C > F), also on a one-row image (no row above or below)
+def test_conv3x3_matches_haiku_conv2d_same_padding(channels, filters, height):
     import haiku as hk
 
     from networks import Conv3x3
     ours = hk.without_apply_rng(hk.transform(lambda x: Conv3x3(filters, name="conv")(x)))
     reference = hk.without_apply_rng(hk.transform(lambda x: hk.Conv2D(filters, 3, padding="SAME", name="conv")(x)))
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 10, 7, channels))
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, height, 7, channels))
     params = reference.init(jax.random.PRNGKey(1), x)
     params = jax.tree.map(lambda p: p + 0.1, params)  # a nonzero bias too
     assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == jax.tree.map(jnp.shape, params)
