@@ -140,8 +140,8 @@ def test_rssm_and_world_model_loss_shapes(obs_shape, no_conv, latent_type):
     assert all(np.isfinite(v) for v in metrics.values())
 
 
-@pytest.mark.parametrize("channels,filters,height", [(3, 5, 10), (7, 2, 10), (7, 2, 1)])
 # the patch form (C <= F) and the kernel-row form (C > F), also on a one-row image (no row above or below)
+@pytest.mark.parametrize("channels,filters,height", [(3, 5, 10), (7, 2, 10), (7, 2, 1)])
 def test_conv3x3_matches_haiku_conv2d_same_padding(channels, filters, height):
     import haiku as hk
 
