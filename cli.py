@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 from dataclasses import replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 from config import Config, ConfigError, load_config
 from tracking import DEFAULT_PROJECT, MODES
@@ -69,6 +69,17 @@ def checked_command_line(argv: Sequence[str] | None, description: str,
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return None
+
+
+def exit_code_of(main: Callable[[], object]) -> int:
+    """The bench scripts' entry: 0 after `main()`, or 2 after printing the one sentence of a ConfigError it raised
+    (a mistake in the config, an override or the environment id), as the run scripts answer the same mistake."""
+    try:
+        main()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def script_main(argv: Sequence[str] | None, description: str, single_seed: bool) -> int:

@@ -3,6 +3,7 @@ timing is asserted: the figures are measured, not tested (see bench/README.md)."
 
 import json
 import os
+import subprocess
 import sys
 
 import jax
@@ -67,3 +68,15 @@ def test_matmul_flops_counts_every_seed_of_a_vmapped_product():
     one = bench_update.flops(lambda x, w: x @ w, x[0], w[0])
     assert one == 2 * 4 * 5 * 6
     assert bench_update.flops(jax.vmap(lambda x, w: x @ w), x, w) == 3 * one
+
+
+@pytest.mark.parametrize("script", ["bench_loop", "bench_update", "bench_seed_update", "bench_logging",
+                                    "bench_python_env"])
+def test_bench_script_refuses_a_config_mistake_in_one_sentence(script):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, os.path.join(root, "bench", f"{script}.py"), "-c", "configs/debug.json",
+                           "--set", "bogus=1"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stdout == ""  # no JSON, no partial report
+    assert done.stderr.startswith("error: unknown config key 'bogus'; valid keys are ") and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1
