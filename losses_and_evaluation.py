@@ -33,7 +33,9 @@ def imagine_step(config: Config, wm: WorldModel, wm_params, h, z, action, noise)
 
 
 def bernoulli_log_prob(logits, target):
-    return target * jax.nn.log_sigmoid(logits) + (1.0 - target) * jax.nn.log_sigmoid(-logits)
+    """t log σ(l) + (1 - t) log σ(-l), written with one log σ: log σ(-l) = log σ(l) - l. Its gradient in l is
+    exactly t - σ(l); XLA:CPU then evaluates one softplus per decoded pixel instead of two."""
+    return jax.nn.log_sigmoid(logits) - (1.0 - target) * logits
 
 
 def gaussian_log_prob(mean, log_std, target):
