@@ -45,6 +45,9 @@ ACTIVATIONS: dict[str, Callable] = {
 }
 
 
+GATHER_BLOCK_ROWS = 50  # rows of a layer's output that `_one_hot_block_product` sums its gathered weight rows into at once
+
+
 def _one_hot_block_product(x, w, block: tuple[int, int, int]):
     """x [M, D] @ w [D, O] where x[:, start:start + groups*width] holds `groups` vectors of `width` entries with
     at most one non-zero entry each (one-hot latent samples, straight-through or not): that block is multiplied
@@ -56,18 +59,30 @@ def _one_hot_block_product(x, w, block: tuple[int, int, int]):
     one_hot = x[:, start:stop].reshape(-1, groups, width)
     # The non-zero entry's index and value [M, G] (0 and 0 where there is none), as plain sums: with at most one
     # non-zero entry a vector's sum is that entry exactly, and XLA:CPU runs argmax's variadic reduce ~10x slower.
-    index = jnp.sum(jnp.where(one_hot != 0, jnp.arange(width), 0), -1)
+    index = jnp.sum(jnp.where(one_hot != 0, jnp.arange(width), 0), -1) + jnp.arange(groups) * width  # row of w[start:]
     value = jnp.sum(one_hot, -1)
-    rows = w[start:stop].reshape(groups, width, -1)
+    rows = w[start:stop]  # [G * W, O]
 
-    def add_vector(g, out):  # one gathered [M, O] block per vector, added in place
-        vector_rows = jax.lax.dynamic_index_in_dim(rows, g, keepdims=False)  # [W, O]
-        vector_index = jax.lax.dynamic_index_in_dim(index, g, 1, keepdims=False)  # [M]
-        return out + jax.lax.dynamic_slice_in_dim(value, g, 1, 1) * vector_rows[vector_index]
+    def gathered(index, value):  # [R, G] -> [R, O]: the sum of each row's G scaled weight rows
+        return sum(value[:, g, None] * rows[index[:, g]] for g in range(groups))
 
-    # A loop, not 32 unrolled adds: XLA fuses an unrolled sum of gathers into each consumer of the layer's output
-    # (the decoder's three conv taps, the activation's gradient) and recomputes it there, 3x slower than a matmul.
-    return jax.lax.fori_loop(0, groups, add_vector, out)
+    # One block of rows at a time, all G weight rows summed into it while it is in cache: summing vector by
+    # vector over all M rows reads and writes the whole [M, O] output G times (memory-bound: the decoder's
+    # 2,500 x 6,400 output), and an unrolled sum outside a loop is fused into each consumer of the layer's output
+    # (the decoder's conv taps, the activation's gradient) and recomputed there (bench/README.md).
+    size, blocks = GATHER_BLOCK_ROWS, x.shape[0] // GATHER_BLOCK_ROWS
+
+    def add_block(i, out):
+        rows_at = lambda a: jax.lax.dynamic_slice_in_dim(a, i * size, size, 0)
+        return jax.lax.dynamic_update_slice_in_dim(
+            out, rows_at(out) + gathered(rows_at(index), rows_at(value)), i * size, 0)
+
+    if blocks:
+        out = jax.lax.fori_loop(0, blocks, add_block, out)
+    if blocks * size < x.shape[0]:  # the rows left over
+        done = blocks * size
+        out = out.at[done:].add(gathered(index[done:], value[done:]))
+    return out
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -101,7 +116,7 @@ class Linear(hk.Linear):
 
     The gathering form is used on CPU only, where it was measured, and for inputs of at least
     `GATHER_MIN_ROWS` rows. On an accelerator the dense matmul stays: matmuls are cheap there, and the gathering
-    loop would add `groups` iterations of small kernels per layer. The dense matmul also stays for fewer rows
+    loop would add a loop of small kernels to each such layer. The dense matmul also stays for fewer rows
     (acting's one row, the posterior scan's batch of rows per step): it takes microseconds there, and the loop's
     kernels would only add compile time (bench/README.md, "Fewer kernels")."""
 

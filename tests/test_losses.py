@@ -183,13 +183,16 @@ def test_mlp_on_leading_axes_matches_the_same_mlp_row_by_row():
                                atol=1e-6)
 
 
-@pytest.mark.parametrize("start,lead", [(0, (6,)), (5, (3, 4))])  # block first (transition) / after h (features)
-def test_one_hot_block_linear_matches_haiku_linear(start, lead, monkeypatch):
+# block first (transition) / after h (features); rows summed in blocks of 50 (none here: only the rows left
+# over), of 4 (12 rows: three blocks) or of 4 with 2 rows left over (6 rows)
+@pytest.mark.parametrize("start,lead,block_rows", [(0, (6,), 50), (5, (3, 4), 50), (5, (3, 4), 4), (0, (6,), 4)])
+def test_one_hot_block_linear_matches_haiku_linear(start, lead, block_rows, monkeypatch):
     import haiku as hk
 
     import networks
     from networks import Linear
     monkeypatch.setattr(networks, "GATHER_MIN_ROWS", 1)  # the gathering form for these few rows too
+    monkeypatch.setattr(networks, "GATHER_BLOCK_ROWS", block_rows)
     groups, width, rest = 4, 3, 5
     key_z, key_x, key_g, key_p = jax.random.split(jax.random.PRNGKey(0), 4)
     logits = jax.random.normal(key_z, (*lead, groups, width))
