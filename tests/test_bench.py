@@ -63,6 +63,26 @@ def test_bench_seed_update_runs_every_seeds_update_in_batches(capsys):
     assert report["compile_s"] > 0 and report["peak_rss_mb"] > 0
 
 
+def test_bench_ab_times_two_checkouts_alternately():
+    # this checkout against itself (the default baseline), in its own process: the script swaps the project's
+    # modules in sys.modules, which a test process should not see
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, os.path.join(root, "bench", "bench_ab.py"), "-c", "configs/debug.json",
+                           "--rounds", "3"], cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    for role in ("baseline", "candidate"):
+        assert report[role]["checkout"] == root and len(report[role]["times_s"]) == 3
+        assert report[role]["best_s"] == min(report[role]["times_s"]) > 0
+    # the same code, config and seed compute the same loss (determinism), whichever modules it was built from
+    assert report["baseline"]["model_loss"] == report["candidate"]["model_loss"]
+    assert report["best_ratio"] == pytest.approx(report["candidate"]["best_s"] / report["baseline"]["best_s"])
+    refused = subprocess.run([sys.executable, os.path.join(root, "bench", "bench_ab.py"), "--baseline", "tests"],
+                             cwd=root, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--baseline must be the root of a checkout" in refused.stderr
+    assert refused.stdout == ""
+
+
 def test_matmul_flops_counts_every_seed_of_a_vmapped_product():
     x, w = jax.numpy.ones((3, 4, 5)), jax.numpy.ones((3, 5, 6))
     one = bench_update.flops(lambda x, w: x @ w, x[0], w[0])
@@ -71,7 +91,7 @@ def test_matmul_flops_counts_every_seed_of_a_vmapped_product():
 
 
 @pytest.mark.parametrize("script", ["bench_loop", "bench_update", "bench_seed_update", "bench_logging",
-                                    "bench_python_env"])
+                                    "bench_python_env", "bench_ab"])
 def test_bench_script_refuses_a_config_mistake_in_one_sentence(script):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run([sys.executable, os.path.join(root, "bench", f"{script}.py"), "-c", "configs/debug.json",
