@@ -19,8 +19,9 @@ def elu(x):
     reads anyway, and XLA:CPU emits one small kernel for it instead of the several of the safe-`where` JVP.
 
     exp(x) - 1 rather than expm1(x): XLA:CPU's expm1 runs at 2/3 of exp's speed, and the activations of the
-    decoder and encoder made it about 4% of a training update (bench/README.md, "Cheaper elementwise
-    kernels"). For x < 0 the two differ by at most float32 rounding of 1 (6e-8) in absolute terms."""
+    decoder and encoder made it about 4% of a training update (bench/README.md, "Cheaper elementwise kernels,
+    and gathered rows summed in cache"). For x < 0 the two differ by about 1e-7 at most, exp's float32 rounding
+    near 1."""
     return jnp.where(x > 0, x, jnp.exp(jnp.minimum(x, 0)) - 1)
 
 
@@ -45,7 +46,7 @@ ACTIVATIONS: dict[str, Callable] = {
 }
 
 
-GATHER_BLOCK_ROWS = 50  # rows of a layer's output that `_one_hot_block_product` sums its gathered weight rows into at once
+GATHER_BLOCK_ROWS = 50  # output rows `_one_hot_block_product` sums its gathered weight rows into at once
 
 
 def _one_hot_block_product(x, w, block: tuple[int, int, int]):
@@ -69,7 +70,8 @@ def _one_hot_block_product(x, w, block: tuple[int, int, int]):
     # One block of rows at a time, all G weight rows summed into it while it is in cache: summing vector by
     # vector over all M rows reads and writes the whole [M, O] output G times (memory-bound: the decoder's
     # 2,500 x 6,400 output), and an unrolled sum outside a loop is fused into each consumer of the layer's output
-    # (the decoder's conv taps, the activation's gradient) and recomputed there (bench/README.md).
+    # (the decoder's conv taps, the activation's gradient) and recomputed there (bench/README.md, "One-hot
+    # latents multiplied by gathering weight rows" and "... gathered rows summed in cache").
     size, blocks = GATHER_BLOCK_ROWS, x.shape[0] // GATHER_BLOCK_ROWS
 
     def add_block(i, out):

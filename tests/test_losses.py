@@ -161,7 +161,7 @@ def test_conv3x3_matches_haiku_conv2d_same_padding(channels, filters, height):
 def test_elu_matches_jax_nn_elu_with_its_gradient():
     from networks import elu
     x = jnp.concatenate([jnp.linspace(-30.0, 5.0, 701), jnp.array([0.0, -0.0, 1e-30, -1e-30])])
-    # exp(x) - 1 where jax.nn.elu takes expm1(x): equal to within float32 rounding of 1, and never below -1
+    # exp(x) - 1 where jax.nn.elu takes expm1(x): equal to within exp's float32 rounding near 1, never below -1
     np.testing.assert_allclose(elu(x), jax.nn.elu(x), rtol=1e-6, atol=1.2e-7)
     np.testing.assert_array_equal(elu(x)[x > 0], x[x > 0])
     assert float(jnp.min(elu(x))) >= -1.0
