@@ -31,9 +31,10 @@ if __name__ == "__main__":
 
 import jax  # noqa: E402
 
-# The project's modules, imported afresh from each checkout (bench_loop only for `machine_info`).
-PROJECT_MODULES = ("agent_environment_interaction_loop", "checkpoint", "cli", "config", "environments", "experiment",
-                   "huge_pages", "initialization", "losses_and_evaluation", "networks", "replay_buffer", "tracking")
+# The project's modules, imported afresh from each checkout (its bench_update for `filled_replay`).
+PROJECT_MODULES = ("agent_environment_interaction_loop", "bench_loop", "bench_update", "checkpoint", "cli", "config",
+                   "environments", "experiment", "huge_pages", "initialization", "losses_and_evaluation", "networks",
+                   "replay_buffer", "tracking")
 
 
 def describe(checkout: str) -> str | None:
@@ -50,13 +51,14 @@ def compiled_update(checkout: str, config_path: str, overrides: list[str]):
     """(compiled train_update, a state with a filled replay) built from `checkout`'s own modules."""
     for name in PROJECT_MODULES:
         sys.modules.pop(name, None)
-    sys.path.insert(0, checkout)
+    saved_path = list(sys.path)
+    sys.path[:0] = [checkout, os.path.join(checkout, "bench")]
     try:
         from agent_environment_interaction_loop import compiler_options
+        from bench_update import filled_replay
         from config import load_config
         from environments import environment_from_config
         from initialization import make_agent
-        from replay_buffer import add
         try:
             c = load_config(config_path, overrides)
             env = environment_from_config(c)
@@ -65,21 +67,14 @@ def compiled_update(checkout: str, config_path: str, overrides: list[str]):
                 raise ConfigError(f"{error} (read by the checkout at {checkout})") from None
             raise
         agent = make_agent(c, env)
-        spec = env.spec
-
-        def fill(buffer, key):  # enough random-looking transitions to sample full batches (as bench_update.py)
-            def fill_step(i, buffer):
-                obs = jax.random.bernoulli(jax.random.fold_in(key, i), 0.1, spec.obs_shape)
-                return add(buffer, agent.replay_obs(obs), i % spec.num_actions, 0.0, i % 37 == 0, False)
-            return jax.lax.fori_loop(0, 2 * c.sequence_length, fill_step, buffer)
-
-        env_state, obs = jax.jit(env.reset)(jax.random.PRNGKey(1))
+        env_state, obs = jax.jit(env.reset)(jax.random.PRNGKey(1))  # the same state as bench_update.py's
         state = jax.jit(agent.init_state)(jax.random.PRNGKey(0), env_state, obs)
-        state = state._replace(replay=jax.jit(fill)(state.replay, jax.random.PRNGKey(1)))
+        fill = jax.jit(lambda buffer, key: filled_replay(c, agent, env.spec, buffer, key))
+        state = state._replace(replay=fill(state.replay, jax.random.PRNGKey(1)))
         update = jax.jit(agent.train_update, compiler_options=compiler_options()).lower(state).compile()
         return update, state
     finally:
-        sys.path.remove(checkout)
+        sys.path[:] = saved_path
         for name in PROJECT_MODULES:
             sys.modules.pop(name, None)
 
