@@ -163,6 +163,31 @@ class MLP(hk.Module):
         return x.reshape(*lead, x.shape[-1])
 
 
+@jax.custom_vjp
+def kernel_rows_sum(rows):
+    """rows [N, H, W, 3, F] (each pixel's output under kernel rows 0, 1, 2) -> [N, H, W, F]: row 0's output moved
+    down one image row, row 2's up one, zero rows entering at the edges, and the three added. Its gradient is
+    the output gradient and its two shifts stacked in one array; differentiated as written, XLA:CPU pads each
+    shifted slice back to [N, H, W, 3, F] and adds the three (bench/README.md, "Decoder conv gradients
+    stacked")."""
+    zero = jnp.zeros_like(rows[:, :1, :, 0])
+    above = jnp.concatenate([zero, rows[:, :-1, :, 0]], 1)  # kernel row 0 reads the image row above
+    below = jnp.concatenate([rows[:, 1:, :, 2], zero], 1)  # kernel row 2 reads the image row below
+    return above + rows[:, :, :, 1] + below
+
+
+def _kernel_rows_sum_fwd(rows):
+    return kernel_rows_sum(rows), None
+
+
+def _kernel_rows_sum_bwd(_, g):
+    zero = jnp.zeros_like(g[:, :1])
+    return (jnp.stack([jnp.concatenate([g[:, 1:], zero], 1), g, jnp.concatenate([zero, g[:, :-1]], 1)], 3),)
+
+
+kernel_rows_sum.defvjp(_kernel_rows_sum_fwd, _kernel_rows_sum_bwd)
+
+
 class Conv3x3(hk.Module):
     """A 3x3, stride-1, SAME-padded convolution written with one matmul and no convolution op.
 
@@ -195,10 +220,7 @@ class Conv3x3(hk.Module):
         taps = jnp.concatenate([padded[:, :, j:j + width] for j in range(3)], -1)  # [N, H, W, 3C]
         kernels = w.transpose(1, 2, 0, 3).reshape(3 * channels, 3 * f)  # [(column, C), (row, F)]
         rows = (taps @ kernels).reshape(*x.shape[:3], 3, f)  # [N, H, W, kernel row, F]
-        zero = jnp.zeros_like(rows[:, :1, :, 0])
-        above = jnp.concatenate([zero, rows[:, :-1, :, 0]], 1)  # kernel row 0 reads the image row above
-        below = jnp.concatenate([rows[:, 1:, :, 2], zero], 1)  # kernel row 2 reads the image row below
-        return above + rows[:, :, :, 1] + below + b
+        return kernel_rows_sum(rows) + b
 
 
 def _as_image(obs_shape: tuple[int, ...]) -> tuple[int, int, int]:
