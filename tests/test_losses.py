@@ -158,6 +158,20 @@ def test_conv3x3_matches_haiku_conv2d_same_padding(channels, filters, height):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+# rows divisible by the 10 chunks, by 5 of them (the divisor taken), and by none (one chunk)
+@pytest.mark.parametrize("rows", [40, 15, 7])
+def test_pixel_matmul_gradients_match_the_plain_matmul(rows):
+    from networks import pixel_matmul
+    key_x, key_w = jax.random.split(jax.random.PRNGKey(0))
+    x, w = jax.random.normal(key_x, (rows, 6)), jax.random.normal(key_w, (6, 4))
+    np.testing.assert_array_equal(pixel_matmul(x, w), x @ w)
+    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+    ours = jax.grad(loss(pixel_matmul), argnums=(0, 1))(x, w)
+    plain = jax.grad(loss(lambda x, w: x @ w), argnums=(0, 1))(x, w)
+    for a, b in zip(ours, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_elu_matches_jax_nn_elu_with_its_gradient():
     from networks import elu
     x = jnp.concatenate([jnp.linspace(-30.0, 5.0, 701), jnp.array([0.0, -0.0, 1e-30, -1e-30])])
