@@ -192,8 +192,8 @@ def pixel_matmul(x, w):
     to a few hundred columns. The weight gradient x^T g contracts over all M rows, and XLA:CPU runs that product
     at 60-110 GFLOP/s, after copying g transposed; on CPU it is taken as `WEIGHT_GRAD_CHUNKS` products over
     chunks of rows, each giving g^T x, summed: the same sum in another order, up to float32 rounding, and a
-    layer's forward and backward pass take up to 30% less time (bench/README.md, "Conv weight gradients in
-    chunks"). Other backends differentiate the plain matmul."""
+    layer's forward and backward pass take up to 30% less time (bench/README.md, "Conv gradients: row shifts
+    stacked, weight gradients in chunks"). Other backends differentiate the plain matmul."""
     if jax.default_backend() != "cpu":
         return x @ w
     return _chunked_weight_grad_matmul(x, w)
@@ -204,8 +204,8 @@ def kernel_rows_sum(rows):
     """rows [N, H, W, 3, F] (each pixel's output under kernel rows 0, 1, 2) -> [N, H, W, F]: row 0's output moved
     down one image row, row 2's up one, zero rows entering at the edges, and the three added. Its gradient is
     the output gradient and its two shifts stacked in one array; differentiated as written, XLA:CPU pads each
-    shifted slice back to [N, H, W, 3, F] and adds the three (bench/README.md, "Decoder conv gradients
-    stacked")."""
+    shifted slice back to [N, H, W, 3, F] and adds the three (bench/README.md, "Conv gradients: row shifts
+    stacked, weight gradients in chunks")."""
     zero = jnp.zeros_like(rows[:, :1, :, 0])
     above = jnp.concatenate([zero, rows[:, :-1, :, 0]], 1)  # kernel row 0 reads the image row above
     below = jnp.concatenate([rows[:, 1:, :, 2], zero], 1)  # kernel row 2 reads the image row below
