@@ -173,7 +173,7 @@ def _chunked_weight_grad_matmul(x, w):
 
 
 def _chunked_weight_grad_matmul_fwd(x, w):
-    return x @ w, (x, w)
+    return _chunked_weight_grad_matmul(x, w), (x, w)
 
 
 def _chunked_weight_grad_matmul_bwd(residuals, g):
@@ -199,6 +199,16 @@ def pixel_matmul(x, w):
     return _chunked_weight_grad_matmul(x, w)
 
 
+def _rows_down(a):
+    """[N, H, ...] -> a moved down one image row (axis 1): a zero row enters at the top, the last row leaves."""
+    return jnp.concatenate([jnp.zeros_like(a[:, :1]), a[:, :-1]], 1)
+
+
+def _rows_up(a):
+    """[N, H, ...] -> a moved up one image row (axis 1): a zero row enters at the bottom, the first row leaves."""
+    return jnp.concatenate([a[:, 1:], jnp.zeros_like(a[:, :1])], 1)
+
+
 @jax.custom_vjp
 def kernel_rows_sum(rows):
     """rows [N, H, W, 3, F] (each pixel's output under kernel rows 0, 1, 2) -> [N, H, W, F]: row 0's output moved
@@ -206,19 +216,16 @@ def kernel_rows_sum(rows):
     the output gradient and its two shifts stacked in one array; differentiated as written, XLA:CPU pads each
     shifted slice back to [N, H, W, 3, F] and adds the three (bench/README.md, "Conv gradients: row shifts
     stacked, weight gradients in chunks")."""
-    zero = jnp.zeros_like(rows[:, :1, :, 0])
-    above = jnp.concatenate([zero, rows[:, :-1, :, 0]], 1)  # kernel row 0 reads the image row above
-    below = jnp.concatenate([rows[:, 1:, :, 2], zero], 1)  # kernel row 2 reads the image row below
-    return above + rows[:, :, :, 1] + below
+    # kernel row 0 reads the image row above, row 2 the one below
+    return _rows_down(rows[:, :, :, 0]) + rows[:, :, :, 1] + _rows_up(rows[:, :, :, 2])
 
 
 def _kernel_rows_sum_fwd(rows):
     return kernel_rows_sum(rows), None
 
 
-def _kernel_rows_sum_bwd(_, g):
-    zero = jnp.zeros_like(g[:, :1])
-    return (jnp.stack([jnp.concatenate([g[:, 1:], zero], 1), g, jnp.concatenate([zero, g[:, :-1]], 1)], 3),)
+def _kernel_rows_sum_bwd(_, g):  # the forward pass's shifts reversed
+    return (jnp.stack([_rows_up(g), g, _rows_down(g)], 3),)
 
 
 kernel_rows_sum.defvjp(_kernel_rows_sum_fwd, _kernel_rows_sum_bwd)
