@@ -93,7 +93,7 @@ def load(path: str, expected) -> tuple[Any, dict[str, Any]]:
         stored = set(archive.files) - {HEADER_KEY}
         flattened = _flattened_leaves(archive.files, stored, expected_keys)
         stored = (stored - {k for parts in flattened.values() for k in parts}) | set(flattened)
-        missing = [k for k in expected_keys if k not in stored]
+        missing = [k for k in expected_keys if k not in stored and k not in LEAVES_ADDED_SINCE]
         if missing:
             raise CheckpointError(f"checkpoint {path!r} lacks the state leaf {missing[0]!r} "
                                   f"({len(missing)} missing): it was written for a different model or config")
@@ -103,7 +103,9 @@ def load(path: str, expected) -> tuple[Any, dict[str, Any]]:
                                   f"have ({len(extra)} extra): it was written for a different model or config")
         arrays = []
         for key, (_, leaf) in zip(expected_keys, expected_leaves):
-            if key in flattened:
+            if key not in stored:  # a leaf added after this checkpoint was written: its initial value
+                array = np.full(leaf.shape, LEAVES_ADDED_SINCE[key], leaf.dtype)
+            elif key in flattened:
                 # each part keeps the leading (seed) axes of the flat leaf; the rest is raveled and concatenated
                 array = np.concatenate([_read_array(path, archive, part).reshape(*leaf.shape[:-1], -1)
                                         for part in flattened[key]], axis=-1)
@@ -114,6 +116,12 @@ def load(path: str, expected) -> tuple[Any, dict[str, Any]]:
                                       f"but this run needs {np.dtype(leaf.dtype)}{list(leaf.shape)}")
             arrays.append(array)
     return jax.device_put(jax.tree_util.tree_unflatten(treedef, arrays)), header
+
+
+# State leaves added after the checkpoint format's version began, with the initial value a resume of an older
+# checkpoint gives them. `.return_scale`: the EMA of the imagined returns' spread, only read with
+# return_normalization, an option the older checkpoints' configs cannot have had.
+LEAVES_ADDED_SINCE = {".return_scale": 0.0}
 
 
 def _flattened_leaves(names: list[str], stored: set[str], expected_keys: list[str]) -> dict[str, list[str]]:

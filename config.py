@@ -57,6 +57,11 @@ class Config:
     eps_adam: float = _opt(1e-5, "AdamW epsilon", gt=0)
     wd_adam: float = _opt(1e-6, "AdamW weight decay", ge=0)
     beta: float = _opt(1e-3, "actor entropy coefficient", ge=0)
+    return_normalization: bool = _opt(
+        False, "divide the actor's advantages by max(1, S), S an EMA of the 95th minus 5th percentile of the "
+        "imagined lambda-returns (DreamerV3), so that beta weighs the entropy against returns of any scale")
+    return_scale_decay: float = _opt(0.99, "EMA decay of the return scale S used by return_normalization",
+                                     ge=0, le=1)
     grad_clip: float = _opt(100.0, "global gradient-norm clip", gt=0)
     num_features: int = _opt(32, "number of latent variables", ge=1)
     feature_width: int = _opt(32, "classes per categorical latent variable", ge=2)

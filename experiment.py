@@ -18,11 +18,22 @@ from agent_environment_interaction_loop import (PYTHON_DRIVERS, BlockMetrics, co
 from cli import checked_command_line
 from config import Config, ConfigError, config_to_dict
 from environments import environment_from_config, seed_environments
-from initialization import RunState, check_observations, make_agent
+from initialization import NUMERICAL_FAULT, NUMERICAL_FAULT_LOSSES, RunState, check_observations, make_agent
 from tracking import Tracker
 
 RETURN_WINDOW = 50  # episodes in the final per-seed summary
 DIAGNOSTICS_KEY_TAG = 0xD1A6  # folded into each seed's PRNGKey(seed) to draw the diagnostic sequences
+NUMERICAL_FAULT_EXIT_CODE = 3  # the scripts' exit code after a NumericalFault
+
+
+class NumericalFault(Exception):
+    """A training update met a non-finite loss or gradient: the update was skipped (initialization.train_update),
+    the run stopped after that block with its records written and no checkpoint saved. The message is one
+    sentence; `state` is the run state after the block."""
+
+    def __init__(self, message: str, state: RunState):
+        super().__init__(message)
+        self.state = state
 
 
 def diagnostic_keys(seeds) -> jax.Array:
@@ -100,10 +111,46 @@ def block_records(metrics: BlockMetrics, state: RunState, seed: int, elapsed_s: 
             "steps_per_second": num_steps / elapsed_s,
         }
         for name, values in metrics.train.items():
+            if name == NUMERICAL_FAULT:  # not a record field: a fault stops the run (numerical_faults)
+                continue
             record[name] = float(np.mean(values[trained, i])) if trained.any() else None
         records.append(record)
         returns.append(seed_returns)
     return records, returns
+
+
+def numerical_faults(metrics: BlockMetrics, state: RunState, seed: int,
+                     num_steps: int) -> list[tuple[int, int, int]]:
+    """(seed, env step, fault bits) of each seed's first update in this block of `num_steps` env steps that met a
+    non-finite loss or gradient (bits: initialization.NUMERICAL_FAULT), earliest first, then by seed."""
+    codes = np.asarray(metrics.train[NUMERICAL_FAULT])  # [steps, seeds], 0 where finite or not trained
+    first_step = int(state.env_steps[0]) - num_steps + 1  # the env step of the block's first row
+    faults = []
+    for i in np.flatnonzero(codes.any(0)):
+        row = int(np.flatnonzero(codes[:, i])[0])
+        faults.append((seed + int(i), first_step + row, int(codes[row, i])))
+    return sorted(faults, key=lambda fault: (fault[1], fault[0]))
+
+
+def numerical_fault_message(faults: list[tuple[int, int, int]], checkpoint_path: str | None) -> str:
+    """One sentence on the first of `faults` (numerical_faults) and the checkpoint the run leaves behind."""
+    seed, env_step, bits = faults[0]
+    losses = [name for i, name in enumerate(NUMERICAL_FAULT_LOSSES) if bits >> i & 1]
+    what = (f"the {losses[0]} loss or its gradient" if len(losses) == 1
+            else f"the {', '.join(losses[:-1])} and {losses[-1]} losses or their gradients")
+    others = sorted(fault[0] for fault in faults[1:])
+    also = f" (seed{'s' * (len(others) > 1)} {', '.join(map(str, others))} too, in the same block)" if others else ""
+    if not checkpoint_path:
+        kept = "stopped without saving a checkpoint"
+    elif not os.path.exists(checkpoint_path):
+        kept = f"stopped before any checkpoint was saved to {checkpoint_path}"
+    else:
+        try:
+            kept = (f"stopped without saving: the checkpoint {checkpoint_path} holds env step "
+                    f"{checkpoint.read_header(checkpoint_path)['env_steps']}")
+        except (checkpoint.CheckpointError, KeyError):
+            kept = f"stopped without saving: {checkpoint_path} was left as it was"
+    return f"seed {seed}: {what} became non-finite at env step {env_step}{also}; {kept}"
 
 
 class ProgressBar:
@@ -138,7 +185,9 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
     Saves a checkpoint to `save_checkpoint` (if given) every `checkpoint_frequency` env steps, at the end and
     after the current block on SIGINT/SIGTERM. Returns the final state, the completed episodes' returns per
     seed (on resume: the last RETURN_WINDOW before it, then the new ones), and timing figures. With
-    `diagnostics`, each record after training starts also holds the model diagnostics (`diag_*`)."""
+    `diagnostics`, each record after training starts also holds the model diagnostics (`diag_*`). A non-finite
+    loss or gradient in any seed's update raises NumericalFault once its block's records are written, without
+    saving a checkpoint."""
     agent = make_agent(config, env)
     seeds = [seed + i for i in range(config.num_seeds)]
     envs = seed_environments(env, seeds, config.jax_env)
@@ -182,6 +231,7 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
                 block_start = time.time()
                 state, metrics = compiled[size](state)
                 jax.block_until_ready(state)
+                metrics = jax.device_get(metrics)
                 records, returns = block_records(metrics, state, seed, time.time() - block_start, size)
                 if diagnostics and int(state.updates[0]) > 0:
                     diag = jax.device_get(diagnose(state.params, state.replay, diag_keys))
@@ -198,6 +248,9 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
                     tracker.log_block(records)
                 steps = int(state.env_steps[0])
                 bar.update(steps, [r for rs in all_returns for r in rs[-RETURN_WINDOW:]])
+                faults = numerical_faults(metrics, state, seed, size)
+                if faults:  # before any save: the last checkpoint stays the last one with finite updates only
+                    raise NumericalFault(numerical_fault_message(faults, save_checkpoint), state)
                 period = config.checkpoint_frequency
                 if save_checkpoint and (stop.requested or steps == config.num_steps
                                         or steps // period > (steps - size) // period):
@@ -235,7 +288,7 @@ def main(argv: Sequence[str] | None, description: str, single_seed: bool) -> int
 
 def run_command(args: argparse.Namespace, config: Config) -> int:
     """Runs a parsed command line: the environment and checkpoint checks (one sentence, exit 2, nothing
-    written), then the run itself."""
+    written), then the run itself (a NumericalFault: one sentence, exit NUMERICAL_FAULT_EXIT_CODE)."""
     resume = None
     try:
         env = environment_from_config(config)
@@ -266,9 +319,13 @@ def run_command(args: argparse.Namespace, config: Config) -> int:
     if tracker.active:
         print(f"wandb group {tracker.group} ({tracker.mode}), one run per seed")
     try:
-        result = run(config, env, seed, args.output, progress=not args.no_progress, tracker=tracker,
-                     save_checkpoint=args.save_checkpoint or None, resume=resume)
-    finally:
-        tracker.finish()
+        try:
+            result = run(config, env, seed, args.output, progress=not args.no_progress, tracker=tracker,
+                         save_checkpoint=args.save_checkpoint or None, resume=resume)
+        finally:
+            tracker.finish()
+    except NumericalFault as fault:  # reported once the output file is closed and the tracker finished
+        print(f"error: {fault}", file=sys.stderr)
+        return NUMERICAL_FAULT_EXIT_CODE
     print_summary(result, seed)
     return 0

@@ -47,6 +47,14 @@ class RunState(NamedTuple):
     updates: jax.Array  # int32 [], the same for every seed
     episode_return: jax.Array  # float32 [] undiscounted return of the running episode
     episodes: jax.Array  # int32 [] completed episodes
+    return_scale: jax.Array  # float32 [] EMA of the imagined λ-returns' 5th-95th percentile spread
+
+
+# The training metric that flags a non-finite update (int32, 0 for a finite one): bit i set where the loss
+# NUMERICAL_FAULT_LOSSES[i], its gradient or the optimizer's update from it was non-finite. Such an update
+# leaves params and optimizer states as they were; the run stops after the block (experiment.run).
+NUMERICAL_FAULT = "numerical_fault"
+NUMERICAL_FAULT_LOSSES = ("world-model", "actor", "critic")
 
 
 class Agent(NamedTuple):
@@ -56,7 +64,7 @@ class Agent(NamedTuple):
     act: Callable  # (params, h [H], obs [*obs], key) -> (action [], z [Z])
     next_h: Callable  # (params, h, z, action, episode_end) -> next h [H], zero after an episode end
     replay_obs: Callable  # obs [*obs] -> the compact frame replay stores
-    train_update: Callable  # RunState -> (RunState, metrics dict of scalars)
+    train_update: Callable  # RunState -> (RunState, metrics dict of scalars, NUMERICAL_FAULT among them)
     update_target: Callable  # RunState -> RunState with the target critic refreshed
     diagnose: Callable  # (params, replay, key) -> dict of scalars: model diagnostics on a few replayed sequences
 
@@ -138,7 +146,8 @@ def make_agent(config: Config, env) -> Agent:
         return RunState(
             params=params, opt_states=opt_states, env_state=env_state, obs=first_obs, rssm_h=h,
             replay=init_buffer(c.buffer_size, *replay_frame(c, spec)), key=run_key,
-            env_steps=jnp.int32(0), updates=jnp.int32(0), episode_return=jnp.float32(0.0), episodes=jnp.int32(0))
+            env_steps=jnp.int32(0), updates=jnp.int32(0), episode_return=jnp.float32(0.0), episodes=jnp.int32(0),
+            return_scale=jnp.float32(0.0))
 
     def act(params: Params, h, obs, key):
         post_key, action_key = jax.random.split(key)
@@ -153,10 +162,6 @@ def make_agent(config: Config, env) -> Agent:
     def replay_obs(obs):
         return pack_frame(obs) if c.binary_state else obs
 
-    def apply_update(optimizer, grads, opt_state, params):
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
     def train_update(state: RunState):
         key, sample_key, wm_key, imagine_key = jax.random.split(state.key, 4)
         params, opt = state.params, state.opt_states
@@ -165,27 +170,43 @@ def make_agent(config: Config, env) -> Agent:
             batch = batch._replace(obs=unpack_frames(batch.obs, spec.obs_shape))  # [B, T, *obs] uint8
 
         wm_grad_fn = jax.value_and_grad(lambda p: world_model_loss(c, wm, p, batch, wm_key), has_aux=True)
-        (_, (metrics, posterior)), wm_grads = wm_grad_fn(params.world_model)
+        (wm_loss, (metrics, posterior)), wm_grads = wm_grad_fn(params.world_model)
         start_h = jax.lax.stop_gradient(posterior.h.reshape(-1, hidden))  # [B*T, H]
         start_z = jax.lax.stop_gradient(posterior.z.reshape(-1, z_size))  # [B*T, Z]
         rollout = imagine(c, wm, params.world_model, actor.apply, params.actor, start_h, start_z, imagine_key)
 
         def actor_critic_loss(actor_params, critic_params):
             actor_loss, critic_loss, ac_metrics = actor_critic_losses(
-                c, actor.apply, critic.apply, actor_params, critic_params, params.target_critic, rollout)
-            return actor_loss + critic_loss, ac_metrics  # disjoint params: each gets its own loss's gradient
+                c, actor.apply, critic.apply, actor_params, critic_params, params.target_critic, rollout,
+                state.return_scale)
+            # disjoint params: each gets its own loss's gradient
+            return actor_loss + critic_loss, (actor_loss, critic_loss, ac_metrics)
 
-        (_, ac_metrics), (actor_grads, critic_grads) = jax.value_and_grad(
+        (_, (actor_loss, critic_loss, ac_metrics)), (actor_grads, critic_grads) = jax.value_and_grad(
             actor_critic_loss, argnums=(0, 1), has_aux=True)(params.actor, params.critic)
 
-        wm_params, wm_opt = apply_update(optimizers.world_model, wm_grads, opt.world_model, params.world_model)
-        actor_params, actor_opt = apply_update(optimizers.actor, actor_grads, opt.actor, params.actor)
-        critic_params, critic_opt = apply_update(optimizers.critic, critic_grads, opt.critic, params.critic)
-        metrics = {**metrics, **ac_metrics, "model_grad_norm": flat_norm(wm_grads),
-                   "actor_grad_norm": flat_norm(actor_grads), "critic_grad_norm": flat_norm(critic_grads)}
-        state = state._replace(
-            params=params._replace(world_model=wm_params, actor=actor_params, critic=critic_params),
-            opt_states=OptStates(wm_opt, actor_opt, critic_opt), key=key, updates=state.updates + 1)
+        grads = (wm_grads, actor_grads, critic_grads)
+        grad_norms = tuple(flat_norm(g) for g in grads)
+        updates, new_opt = zip(*(optimizer.update(g, o, p)  # per network; the target critic has no optimizer
+                                 for optimizer, g, o, p in zip(optimizers, grads, opt, params)))
+        # Bit i set: network i's loss (NUMERICAL_FAULT_LOSSES), gradient or update is non-finite (a non-finite
+        # gradient leaf makes the global norm non-finite). Any bit set skips the whole update, so that params and
+        # optimizer states keep their values; a `where`, not a `cond`: the update is vmapped over seeds. Checking
+        # the updates also makes the `where` of the new moments wait for the updates computed from the old ones,
+        # so XLA writes the moments in place: with the losses and gradients alone checked, it copied all of them
+        # at every step that skipped training (tests/test_loop.py).
+        finite = [jnp.isfinite(loss) & jnp.isfinite(norm) & jnp.all(jnp.isfinite(ravel_pytree(u)[0]))
+                  for loss, norm, u in zip((wm_loss, actor_loss, critic_loss), grad_norms, updates)]
+        fault = sum(jnp.where(ok, 0, 1 << i) for i, ok in enumerate(finite)).astype(jnp.int32)
+        keep_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(fault == 0, n, o), new, old)
+
+        wm_params, actor_params, critic_params = (optax.apply_updates(p, u) for p, u in zip(params, updates))
+        new_params = params._replace(world_model=wm_params, actor=actor_params, critic=critic_params)
+        metrics = {**metrics, **ac_metrics, "model_grad_norm": grad_norms[0], "actor_grad_norm": grad_norms[1],
+                   "critic_grad_norm": grad_norms[2], NUMERICAL_FAULT: fault}
+        state = state._replace(params=keep_finite(new_params, params), opt_states=keep_finite(OptStates(*new_opt), opt),
+                               key=key, updates=state.updates + 1,
+                               return_scale=keep_finite(ac_metrics["return_scale"], state.return_scale))
         return state, metrics
 
     def update_target(state: RunState) -> RunState:

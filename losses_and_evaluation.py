@@ -161,15 +161,34 @@ def imagine(config: Config, wm: WorldModel, wm_params, actor_apply: Callable, ac
     return ImaginedRollout(feat, action, reward, cont)
 
 
+def return_range(returns):
+    """The spread of a batch of λ-returns: their 95th minus their 5th percentile (DreamerV3's return scale,
+    robust to a few outlying returns)."""
+    low, high = jnp.percentile(returns, jnp.array([5.0, 95.0]))
+    return high - low
+
+
+def updated_return_scale(config: Config, return_scale, returns):
+    """The EMA of the λ-returns' spread after this batch: S <- decay * S + (1 - decay) * return_range."""
+    decay = config.return_scale_decay
+    return decay * return_scale + (1.0 - decay) * return_range(jax.lax.stop_gradient(returns))
+
+
 def actor_critic_losses(config: Config, actor_apply, critic_apply, actor_params, critic_params,
-                        target_critic_params, rollout: ImaginedRollout):
+                        target_critic_params, rollout: ImaginedRollout, return_scale=0.0):
     """Actor (REINFORCE with the critic as baseline, plus entropy bonus) and critic (regression to λ-returns
-    computed with the target critic) losses on one imagined rollout. Returns (actor_loss, critic_loss, metrics)."""
+    computed with the target critic) losses on one imagined rollout.
+
+    `return_scale` is the EMA S of the λ-returns' spread before this update; it is updated with this rollout's
+    returns and, with `return_normalization`, the advantages are divided by max(1, S), so returns of any scale
+    weigh the same against the entropy bonus (returns that vary by less than 1 are left as they are).
+    Returns (actor_loss, critic_loss, metrics); metrics["return_scale"] is the updated S."""
     c = config
     sg = jax.lax.stop_gradient
     feat = sg(rollout.feat)  # [K+1, N, D]
     target_values = critic_apply(target_critic_params, feat)  # [K+1, N]
     returns = sg(lambda_returns(rollout.reward, rollout.cont, target_values, c.discount, c.lmbda))  # [K, N]
+    return_scale = updated_return_scale(c, return_scale, returns)
     # Weight of step k: probability the imagined episode is still running when it is reached.
     weights = sg(jnp.cumprod(jnp.concatenate([jnp.ones_like(rollout.cont[:1]), rollout.cont[:-1]], 0), 0))
 
@@ -180,10 +199,13 @@ def actor_critic_losses(config: Config, actor_apply, critic_apply, actor_params,
     action_log_prob = jnp.take_along_axis(log_probs, rollout.action[..., None], -1)[..., 0]
     entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, -1)
     advantage = returns - sg(values)
+    if c.return_normalization:
+        advantage = advantage / jnp.maximum(1.0, return_scale)
     actor_loss = -jnp.mean(weights * (action_log_prob * advantage + c.beta * entropy))
 
     metrics = {"actor_loss": actor_loss, "critic_loss": critic_loss, "actor_entropy": jnp.mean(entropy),
-               "imagined_return": jnp.mean(returns[0]), "imagined_value": jnp.mean(values)}
+               "imagined_return": jnp.mean(returns[0]), "imagined_value": jnp.mean(values),
+               "return_scale": return_scale}
     return actor_loss, critic_loss, metrics
 
 

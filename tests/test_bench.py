@@ -1,8 +1,10 @@
-"""The bench scripts run on the debug config and print one JSON object with the keys issue 7 asks for. No
-timing is asserted: the figures are measured, not tested (see bench/README.md)."""
+"""The bench scripts run on the debug config and print one JSON object with the keys issue 7 asks for; the learning
+benchmark runs two of its tasks, shortened. No timing is asserted: the figures are measured, not tested (see
+bench/README.md)."""
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -14,6 +16,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import bench_loop  # noqa: E402
 import bench_seed_update  # noqa: E402
 import bench_update  # noqa: E402
+import learning  # noqa: E402
+import plot_metric  # noqa: E402
 
 
 def _printed_json(capsys):
@@ -100,3 +104,78 @@ def test_bench_script_refuses_a_config_mistake_in_one_sentence(script):
     assert done.stdout == ""  # no JSON, no partial report
     assert done.stderr.startswith("error: unknown config key 'bogus'; valid keys are ") and "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+def test_learning_benchmark_reports_each_task_against_random_play(capsys, tmp_path):
+    # Two tasks, one per path (Catch compiled whole, gymnasium CartPole stepped in Python), 600 steps of 2 seeds.
+    # The structure is tested, not the learning (tests/test_learning.py).
+    learning.main(["--tasks", "catch,cartpole-gymnasium", "--seeds", "2", "--steps", "600",
+                   "--out", str(tmp_path), "--no_progress", "--no_diagnostics"])
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)  # the whole of stdout is one JSON object...
+    with open(tmp_path / "results.json") as file:
+        assert json.load(file) == report  # ...kept in the out folder
+    assert [task["task"] for task in report["tasks"]] == ["catch", "cartpole-gymnasium"]
+    catch, cartpole = report["tasks"]
+    assert -0.8 < catch["random_policy"]["return"] < -0.4 and 15 < cartpole["random_policy"]["return"] < 30
+    configs = learning.task_configs(["catch", "cartpole-gymnasium"], 600, 2, [])
+    for task in report["tasks"]:
+        config, definition = configs[task["task"]], learning.TASKS[task["task"]]
+        assert (task["updates_per_seed"] > 0) == (config.training_start_time < 600)
+        assert task["threshold"] == definition.threshold + (task["random_policy"]["return"] if definition.above_random
+                                                            else 0.0)
+        assert task["seeds"] == 2 and task["env_steps_per_seed"] == 600 and task["env_steps"] == 1200
+        assert len(task["final_returns"]) == 2 and min(task["episodes"]) > 0
+        assert task["mean"] == pytest.approx(sum(task["final_returns"]) / 2)
+        assert task["iqm"] == pytest.approx(task["mean"])  # 2 seeds: nothing trimmed, and said so
+        low, high = task["iqm_ci"]
+        assert min(task["final_returns"]) <= low <= high <= max(task["final_returns"])
+        assert any("only 2 seeds" in note for note in task["notes"])
+        assert task["success_fraction"] == task["successes"] / 2
+        assert task["wall_s"] > 0
+        with open(task["output"]) as file:  # experiment.run's records: one per seed per block
+            records = [json.loads(line) for line in file]
+        assert [(r["seed"], r["env_steps"]) for r in records[-2:]] == [(0, 600), (1, 600)]
+    # the Markdown table (stderr and results.md) has a row per task, then the plot commands, which run as printed
+    table = (tmp_path / "results.md").read_text()
+    assert table.startswith("| task | env | random |") and table in captured.err
+    assert "| catch | Catch-bsuite |" in table and "| cartpole-gymnasium | CartPole-v1 (Python) |" in table
+    for command, task in zip(report["plot_commands"], report["tasks"]):
+        assert command in captured.err
+        _, script, *args = shlex.split(command)  # python3 plot_metric.py ARGS
+        assert os.path.samefile(script, plot_metric.__file__)
+        assert plot_metric.main(args) == 0 and (tmp_path / f"{task['task']}.png").exists()
+
+
+def test_learning_benchmark_statistics():
+    values = [3.0, -1.0, 7.0, 2.0, 0.5, 10.0, 4.0, 1.0, 2.5]
+    for count in (1, 3, 4, 8, 9):  # the IQM as plot_metric.py (scipy.stats.trim_mean(x, 0.25)) computes it
+        assert learning.interquartile_mean(values[:count]) == pytest.approx(
+            plot_metric.interquartile_mean(values[:count]))
+    low, high = learning.iqm_bootstrap_ci(values)
+    assert low < learning.interquartile_mean(values) < high
+    assert learning.iqm_bootstrap_ci(values) == (low, high)  # a fixed RNG seed
+    assert learning.iqm_bootstrap_ci([1.0]) is None
+    stats = learning.seed_statistics([1.0, 2.0, None, 3.0, 4.0, 5.0], threshold=3.0)
+    assert stats["successes"] == 3 and stats["success_fraction"] == 0.5  # a seed without episodes fails
+    assert stats["mean"] == 3.0 and "1 seed(s) completed no episode" in stats["notes"]
+
+
+def test_learning_benchmark_lists_its_tasks_and_refuses_an_unknown_one():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "bench", "learning.py")
+    listed = subprocess.run([sys.executable, script, "--list"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0
+    lines = listed.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == list(learning.TASKS)
+    assert all("steps" in line and "threshold" in line for line in lines)
+    refused = subprocess.run([sys.executable, script, "--tasks", "catch,pong"], cwd=root, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.startswith("error: unknown task 'pong'; the tasks are catch, ")
+    assert refused.stderr.count("\n") == 1
+    # a config mistake names the task whose config it is in, before JAX is imported
+    refused = subprocess.run([sys.executable, script, "--tasks", "catch", "--set", "bogus=1"], cwd=root,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stdout == "" and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith("error: task 'catch': unknown config key 'bogus'")
