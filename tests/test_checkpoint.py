@@ -319,3 +319,17 @@ def test_a_checkpoint_with_leafwise_optimizer_moments_resumes_to_the_same_run(re
     (tmp_path / "half.out").write_bytes((reference / "half.out").read_bytes())
     assert run_main("-o", f"{half}.out", "--save_checkpoint", f"{half}.ckpt", "--load_checkpoint", f"{half}.ckpt") == 0
     assert_same_run(reference / "full.ckpt", reference / "full.out", f"{half}.ckpt", f"{half}.out")
+
+
+def test_a_checkpoint_without_the_return_scale_resumes_with_it_at_zero(reference, tmp_path):
+    # Checkpoints written before the return scale (the EMA of the imagined returns' spread) was part of the run
+    # state: a resume starts it at 0, its initial value. The reference stops at env step 100, before its first
+    # update, where the scale is still 0: so the resume is the uninterrupted run, leaf for leaf.
+    assert arrays(reference / "half.ckpt")[".return_scale"] == 0
+    half = tmp_path / "half"
+    rewrite(reference / "half.ckpt", f"{half}.ckpt", lambda entries, head: entries.pop(".return_scale"))
+    assert ".return_scale" not in arrays(f"{half}.ckpt")
+    (tmp_path / "half.out").write_bytes((reference / "half.out").read_bytes())
+    assert run_main("-o", f"{half}.out", "--save_checkpoint", f"{half}.ckpt", "--load_checkpoint", f"{half}.ckpt") == 0
+    assert arrays(reference / "full.ckpt")[".return_scale"] > 0  # tracked once training runs
+    assert_same_run(reference / "full.ckpt", reference / "full.out", f"{half}.ckpt", f"{half}.out")

@@ -23,8 +23,9 @@ REFERENCE = {
     "latent_type": "categorical", "environment": "gymnax_env", "binary_state": True, "jax_env": True,
     "env_config": {"env_name": "SpaceInvaders-MinAtar"},
 }
-# Keys this project adds to the reference's: speed and memory settings that change no hyper-parameter.
-OWN_DEFAULTS = {"update_seed_batch": 0}
+# Keys this project adds to the reference's: speed and memory settings that change no hyper-parameter, and
+# algorithm options whose defaults leave the reference's algorithm as it is.
+OWN_DEFAULTS = {"update_seed_batch": 0, "return_normalization": False, "return_scale_decay": 0.99}
 DEFAULTS = {**REFERENCE, **OWN_DEFAULTS}
 
 
