@@ -72,14 +72,15 @@ def checked_command_line(argv: Sequence[str] | None, description: str,
 
 
 def exit_code_of(main: Callable[[], object]) -> int:
-    """The bench scripts' entry: 0 after `main()`, or 2 after printing the one sentence of a ConfigError it raised
-    (a mistake in the config, an override or the environment id), as the run scripts answer the same mistake."""
+    """The bench scripts' entry: the exit code `main()` returns (0 when it returns none), or 2 after printing the
+    one sentence of a ConfigError it raised (a mistake in the config, an override or the environment id), as the
+    run scripts answer the same mistake."""
     try:
-        main()
+        code = main()
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def script_main(argv: Sequence[str] | None, description: str, single_seed: bool) -> int:

@@ -354,6 +354,7 @@ def main(argv=None):
     from bench_loop import machine_info  # noqa: E402  (imports JAX; this folder is on sys.path)
 
     envs = checked_environments(configs)
+    from experiment import NUMERICAL_FAULT_EXIT_CODE, NumericalFault
     os.makedirs(out_dir, exist_ok=True)
     randoms, results = {}, []
     for name, config in configs.items():
@@ -361,8 +362,12 @@ def main(argv=None):
         env_id = (config.environment, config.env_config.env_name, json.dumps(config.env_config.make_kwargs))
         if env_id not in randoms:  # tasks on the same environment share its measurement
             randoms[env_id] = random_policy_return(env)
-        results.append(run_task(name, TASKS[name], config, env, randoms[env_id], out_dir,
-                                progress=not args.no_progress, diagnostics=not args.no_diagnostics))
+        try:
+            results.append(run_task(name, TASKS[name], config, env, randoms[env_id], out_dir,
+                                    progress=not args.no_progress, diagnostics=not args.no_diagnostics))
+        except NumericalFault as fault:  # the tasks finished before it stay in OUT/results.json
+            print(f"error: task {name!r}: {fault}", file=sys.stderr)
+            return NUMERICAL_FAULT_EXIT_CODE
         # rewritten after every task, so that a suite stopped part-way keeps the tasks it finished
         report, table = write_report(results, args.set, out_dir, machine_info())
     print(json.dumps(report, indent=2))
