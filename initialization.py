@@ -99,6 +99,11 @@ def make_optimizer(config: Config, learning_rate: float) -> optax.GradientTransf
     return optax.GradientTransformation(init, update)
 
 
+def all_finite(tree) -> jax.Array:
+    """Whether every entry of every leaf of `tree` is finite: one reduction per leaf, no concatenated copy."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
 def flat_norm(tree) -> jax.Array:
     """The global L2 norm of `tree`, computed on its raveled leaves (tree order, as `optax.flatten` concatenates
     them), so XLA reuses the optimizer's concatenation instead of adding a kernel or two per leaf."""
@@ -195,7 +200,7 @@ def make_agent(config: Config, env) -> Agent:
         # the updates also makes the `where` of the new moments wait for the updates computed from the old ones,
         # so XLA writes the moments in place: with the losses and gradients alone checked, it copied all of them
         # at every step that skipped training (tests/test_loop.py).
-        finite = [jnp.isfinite(loss) & jnp.isfinite(norm) & jnp.all(jnp.isfinite(ravel_pytree(u)[0]))
+        finite = [jnp.isfinite(loss) & jnp.isfinite(norm) & all_finite(u)
                   for loss, norm, u in zip((wm_loss, actor_loss, critic_loss), grad_norms, updates)]
         fault = sum(jnp.where(ok, 0, 1 << i) for i, ok in enumerate(finite)).astype(jnp.int32)
         keep_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(fault == 0, n, o), new, old)
