@@ -78,9 +78,9 @@ PYTHON_DRIVERS = Drivers(python_scan, python_cond, _jit_piece)
 def make_act(agent: Agent) -> Callable:
     """Per-seed: choose an action on the current observation; split off the key the env step uses."""
 
-    def act(params, rssm_h, obs, key):
+    def act(params, hparams, rssm_h, obs, key):
         key, act_key, env_key = jax.random.split(key, 3)
-        action, z = agent.act(params, rssm_h, obs, act_key)
+        action, z = agent.act(params, hparams, rssm_h, obs, act_key)
         return key, action, z, env_key
 
     return act
@@ -315,7 +315,7 @@ def make_block_function(config: Config, agent: Agent, envs, num_steps: int,
         def step(state: RunState, _):
             # Acting and storing see only what they use: under the Python drivers every leaf passed costs time.
             acting_params = state.params._replace(critic=None, target_critic=None)
-            key, action, z, env_keys = act(acting_params, state.rssm_h, state.obs, state.key)
+            key, action, z, env_keys = act(acting_params, state.hparams, state.rssm_h, state.obs, state.key)
             env_output = env_step(env_keys, state.env_state, action)
             interaction = state._replace(params=None, opt_states=None, env_state=None, obs=None, key=key)
             interaction, (episode_return, episode_end), trained, refresh = store(

@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from config import Config, config_to_dict
+
 FORMAT = "dreamer-jax checkpoint"
 FORMAT_VERSION = 1
 PROJECT_VERSION = "0.1.0"  # bump when the run state changes in a way old checkpoints cannot follow
@@ -191,13 +193,15 @@ def _reason(error: BaseException) -> str:
 
 def config_differences(stored: dict[str, Any], given: dict[str, Any]) -> list[str]:
     """Dotted config keys whose values differ between the checkpoint's config and the given one, leaving out
-    the keys a resume may change."""
+    the keys a resume may change. A key the checkpoint's config lacks (added to the config since) has its
+    default there, the value that run had."""
     def flat(d, prefix=""):
         items = {}
         for k, v in d.items():
             items.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
         return items
-    stored, given = flat(stored), flat(given)
+    defaults, stored, given = flat(config_to_dict(Config())), flat(stored), flat(given)
+    stored = {**{k: defaults[k] for k in given if k in defaults}, **stored}  # keys added since: their defaults
     return [f"{k} (checkpoint {stored.get(k)!r}, now {given.get(k)!r})" for k in sorted(set(stored) | set(given))
             if k not in RESUMABLE_KEYS and stored.get(k) != given.get(k)]
 

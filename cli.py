@@ -20,7 +20,7 @@ import sys
 from dataclasses import replace
 from typing import Callable, Sequence
 
-from config import Config, ConfigError, load_config
+from config import Config, ConfigError, load_config, with_sweep
 from tracking import DEFAULT_PROJECT, MODES
 
 
@@ -36,6 +36,9 @@ def build_arg_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, parsed and validated like the file; dotted keys reach "
                              "env_config, e.g. --set env_config.env_name=Breakout-MinAtar (repeatable)")
+    parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="sweep a numeric hyper-parameter over these values (repeatable: the variants are every "
+                             "combination); each variant runs all seeds, vmapped together in one program")
     parser.add_argument("--no_progress", action="store_true", help="do not draw the progress bar")
     parser.add_argument("-g", "--group", default=None,
                         help="wandb group shared by every seed's run (default: a generated name, printed at start)")
@@ -57,7 +60,7 @@ def parse_command_line(argv: Sequence[str] | None, description: str,
     """(arguments, config) of a command line; raises ConfigError for a mistake in the config or an override.
     argparse's own errors (an unknown flag) exit 2 with its usage message, as for any script."""
     args = build_arg_parser(description).parse_args(argv)
-    config = load_config(args.config, args.set)
+    config = with_sweep(load_config(args.config, args.set), args.sweep)
     return args, replace(config, num_seeds=1) if single_seed else config
 
 

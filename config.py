@@ -3,6 +3,7 @@ Loaded from JSON plus KEY=VALUE overrides; every user mistake raises ConfigError
 
 import dataclasses
 import difflib
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -57,6 +58,9 @@ class Config:
     eps_adam: float = _opt(1e-5, "AdamW epsilon", gt=0)
     wd_adam: float = _opt(1e-6, "AdamW weight decay", ge=0)
     beta: float = _opt(1e-3, "actor entropy coefficient", ge=0)
+    actor_unimix: float = _opt(
+        0.0, "fraction of the uniform distribution mixed into the policy's action probabilities (DreamerV3 uses "
+        "0.01): every action keeps at least actor_unimix / num_actions probability", ge=0, le=0.99)
     return_normalization: bool = _opt(
         False, "divide the actor's advantages by max(1, S), S an EMA of the 95th minus 5th percentile of the "
         "imagined lambda-returns (DreamerV3), so that beta weighs the entropy against returns of any scale")
@@ -95,6 +99,9 @@ class Config:
     jax_env: bool = _opt(True, "run the whole loop compiled (JAX environments only); false steps the "
                          "environments in Python between the agent's jitted pieces")
     env_config: EnvConfig = field(default_factory=EnvConfig, metadata={"help": "environment settings"})
+    sweep: dict = field(default_factory=dict, metadata={
+        "help": "hyper-parameter sweep: {KEY: [V1, V2, ...]} for sweepable keys (SWEEPABLE_KEYS); the run holds "
+                "every combination of the values (a variant) with num_seeds seeds each, vmapped in one program"})
 
     def __post_init__(self):
         _check_fields(self, "")
@@ -110,6 +117,74 @@ class Config:
                               f"for make, taken by {' and '.join(PYTHON_FAMILIES)} only)")
         if self.jax_env and self.environment in PYTHON_FAMILIES:
             raise ConfigError(f"environment {self.environment} is not written in JAX, so jax_env must be false")
+        object.__setattr__(self, "sweep", _checked_sweep(self.sweep))
+
+    @property
+    def num_runs(self) -> int:
+        """Runs side by side in the program: every variant of the sweep with num_seeds seeds each."""
+        return self.num_seeds * math.prod(len(values) for values in self.sweep.values())
+
+
+# Keys whose values only enter the computation as numbers (learning rates, loss weights, the entropy scale,
+# discount, λ, optimizer constants): a sweep holds them as per-run arrays in the run state, vmapped with the
+# seeds. Every other key sets a shape, a loop length, a branch or the environment, and so one program.
+SWEEPABLE_KEYS = ("model_alpha", "pi_alpha", "V_alpha", "eps_adam", "wd_adam", "grad_clip", "beta", "actor_unimix",
+                  "return_scale_decay", "discount", "lmbda", "KL_prior_weight", "KL_posterior_weight",
+                  "posterior_entropy_weight", "reward_weight", "termination_weight", "state_prediction_weight")
+
+
+def _checked_sweep(sweep: dict) -> dict:
+    """The sweep with each value checked and converted like the key's own value would be; ConfigError names the
+    first mistake (a key that cannot be swept, an empty or repeated list, a value the key refuses)."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    checked = {}
+    for key, values in sweep.items():
+        if key not in SWEEPABLE_KEYS:
+            what = "is not a config key" if key not in fields else "changes shapes or control flow"
+            raise ConfigError(f"sweep key {key!r} {what}; the sweepable keys are {', '.join(SWEEPABLE_KEYS)}")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep.{key} must be a non-empty list of values, got {values!r}")
+        coerced = [_coerce(f"sweep.{key}", value, float) for value in values]
+        valid = _valid_text(fields[key].metadata)
+        for value in coerced:
+            if valid and not _in_range(value, fields[key].metadata):
+                raise ConfigError(f"sweep.{key} values must be {valid}, got {value!r}")
+        if len(set(coerced)) < len(coerced):
+            raise ConfigError(f"sweep.{key} lists a value twice: {coerced}")
+        checked[key] = coerced
+    return checked
+
+
+def sweep_variants(config: Config) -> list[dict[str, float]]:
+    """The sweep's variants, {key: value} each: every combination of the swept values, the last key varying
+    fastest (one empty variant without a sweep). Run r of the program is variant r // num_seeds, seed
+    r % num_seeds."""
+    keys = list(config.sweep)
+    return [dict(zip(keys, values)) for values in itertools.product(*(config.sweep[k] for k in keys))]
+
+
+def variant_name(variant: dict[str, float]) -> str:
+    """A variant's name in records, wandb and plots: "beta=0.01,pi_alpha=0.0003" ("" for no sweep)."""
+    return ",".join(f"{key}={value:g}" for key, value in variant.items())
+
+
+def parse_sweep_option(text: str) -> tuple[str, list]:
+    """(key, values) of one --sweep KEY=V1,V2,... option; the values are checked with the config."""
+    key, sep, values = text.partition("=")
+    if not sep or not values.strip():
+        raise ConfigError(f"--sweep {text!r} must have the form KEY=V1,V2,..., e.g. beta=0.001,0.01")
+    return key.strip(), [_parse_text(value.strip(), float) for value in values.split(",")]
+
+
+def with_sweep(config: Config, options: Sequence[str]) -> Config:
+    """The config with the --sweep options added to its sweep (an option replaces the file's list of its key)."""
+    if not options:
+        return config
+    sweep = dict(config.sweep)
+    for option in options:
+        key, values = parse_sweep_option(option)
+        sweep[key] = values
+    return dataclasses.replace(config, sweep=sweep)
 
 
 def load_config(path: str | None, overrides: Sequence[str] = ()) -> Config:
@@ -137,7 +212,8 @@ def config_help() -> str:
     lines = []
     for name, f in _leaf_fields(Config, ""):
         valid = _valid_text(f.metadata)
-        lines.append(f"{name} ({f.type.__name__}, default {f.default!r}): {f.metadata['help']}"
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        lines.append(f"{name} ({f.type.__name__}, default {default!r}): {f.metadata['help']}"
                      + (f"; must be {valid}" if valid else ""))
     return "\n".join(lines)
 
@@ -194,6 +270,8 @@ def _parse_text(text: str, typ: type) -> Any:
     """Decode override text by type; text that does not decode stays a str so validation names the mistake."""
     if typ is bool:
         return {"true": True, "1": True, "false": False, "0": False}.get(text.strip().lower(), text)
+    if typ is dict:
+        return _parse_json_or_text(text)
     if typ in (int, float):
         for parse in (int, float):  # "5e6" for an int becomes 5000000.0, accepted as integral
             try:

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 import time
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -16,9 +16,10 @@ import checkpoint
 from agent_environment_interaction_loop import (PYTHON_DRIVERS, BlockMetrics, compiler_options, jit_block,
                                                 make_block_function)
 from cli import checked_command_line
-from config import Config, ConfigError, config_to_dict
+from config import Config, ConfigError, config_to_dict, sweep_variants, variant_name
 from environments import environment_from_config, seed_environments
-from initialization import NUMERICAL_FAULT, NUMERICAL_FAULT_LOSSES, RunState, check_observations, make_agent
+from initialization import (NUMERICAL_FAULT, NUMERICAL_FAULT_LOSSES, RunState, check_observations, initial_hparams,
+                            make_agent)
 from tracking import Tracker
 
 RETURN_WINDOW = 50  # episodes in the final per-seed summary
@@ -41,18 +42,34 @@ def diagnostic_keys(seeds) -> jax.Array:
     return jnp.stack([jax.random.fold_in(jax.random.PRNGKey(seed), DIAGNOSTICS_KEY_TAG) for seed in seeds])
 
 
+class Runs(NamedTuple):
+    """The runs side by side in one program, in the order of the state's leading axis: every variant of the
+    sweep (config.sweep_variants) with seeds seed, seed+1, ..., seed+num_seeds-1 each."""
+
+    seeds: list[int]  # each run's seed
+    variants: list[dict]  # each run's swept values; {} without a sweep
+
+
+def runs_of(config: Config, seed: int) -> Runs:
+    variants = sweep_variants(config)
+    return Runs([seed + i for _ in variants for i in range(config.num_seeds)],
+                [variant for variant in variants for _ in range(config.num_seeds)])
+
+
 def _seed_keys(config: Config, seed: int):
-    """(agent keys, env reset keys) of seeds seed, seed+1, ...: seed i's keys depend on seed + i alone."""
-    keys = jax.vmap(jax.random.split)(jnp.stack([jax.random.PRNGKey(seed + i) for i in range(config.num_seeds)]))
+    """(agent keys, env reset keys) of each run (runs_of): a run's keys depend on its seed alone, so variant k,
+    seed i of a sweep starts as the plain run of seed i does."""
+    seeds = runs_of(config, seed).seeds
+    keys = jax.vmap(jax.random.split)(jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
     return keys[:, 0], keys[:, 1]
 
 
 def initial_state(config: Config, agent, envs, seed: int) -> RunState:
-    """Stacked initial states of seeds seed, seed+1, ..., each built exactly as a single-seed run would;
-    resets `envs` (the seeds' environments, see environments.seed_environments)."""
+    """Stacked initial states of the runs (runs_of), each built exactly as a single-seed run would, plus each
+    run's swept values; resets `envs` (the runs' environments, see environments.seed_environments)."""
     agent_keys, env_keys = _seed_keys(config, seed)
     env_state, obs = envs.reset(env_keys)
-    state = jax.jit(jax.vmap(agent.init_state))(agent_keys, env_state, obs)
+    state = jax.jit(jax.vmap(agent.init_state))(agent_keys, env_state, obs, initial_hparams(config))
     # Leaves an env builds from Python numbers are weak-typed (gymnax MinAtar's timers); a checkpoint gives
     # them back strong. Strong from the start, a resumed run compiles the program the fresh run compiled,
     # so it finds it in the persistent compilation cache (cli.py). The values are the same.
@@ -70,7 +87,8 @@ def state_shapes(config: Config, agent, envs) -> RunState:
     """Shapes and dtypes of initial_state's result, computed without running anything (weak types aside:
     initial_state makes every leaf strong, and a checkpoint compares shapes and dtypes only)."""
     agent_keys, env_keys = _seed_keys(config, 0)
-    return jax.eval_shape(jax.vmap(agent.init_state), agent_keys, *envs.reset_shapes(env_keys))
+    return jax.eval_shape(jax.vmap(agent.init_state), agent_keys, *envs.reset_shapes(env_keys),
+                          initial_hparams(config))
 
 
 def restart_python_episodes(state: RunState, envs, seeds: list[int]) -> RunState:
@@ -93,17 +111,26 @@ def block_schedule(start_steps: int, num_steps: int, eval_frequency: int) -> lis
     return [end - begin for begin, end in zip([start_steps] + ends, ends)]
 
 
-def block_records(metrics: BlockMetrics, state: RunState, seed: int, elapsed_s: float, num_steps: int):
-    """Host-side summary of one block: (one JSON record per seed, completed-episode returns per seed)."""
+def _runs(seed: int | Runs, num_runs: int) -> Runs:
+    return seed if isinstance(seed, Runs) else Runs([seed + i for i in range(num_runs)], [{}] * num_runs)
+
+
+def block_records(metrics: BlockMetrics, state: RunState, seed: int | Runs, elapsed_s: float, num_steps: int):
+    """Host-side summary of one block: (one JSON record per run, completed-episode returns per run). `seed`: the
+    runs (runs_of), or the first of plain seeds seed, seed+1, .... A sweep's records also name the run's
+    variant ("variant") and hold its swept values ("hparams")."""
     metrics = jax.device_get(metrics)
     env_steps, updates = np.asarray(state.env_steps), np.asarray(state.updates)
     trained = np.asarray(metrics.trained)
+    runs = _runs(seed, metrics.episode_end.shape[1])
     records, returns = [], []
     for i in range(metrics.episode_end.shape[1]):
         ended = metrics.episode_end[:, i]
         seed_returns = [float(r) for r in metrics.episode_return[ended, i]]
+        sweep = {"variant": variant_name(runs.variants[i]), "hparams": runs.variants[i]} if runs.variants[i] else {}
         record = {
-            "seed": seed + i,
+            "seed": runs.seeds[i],
+            **sweep,
             "env_steps": int(env_steps[i]),
             "updates": int(updates[i]),
             "episodes": len(seed_returns),
@@ -119,22 +146,25 @@ def block_records(metrics: BlockMetrics, state: RunState, seed: int, elapsed_s: 
     return records, returns
 
 
-def numerical_faults(metrics: BlockMetrics, state: RunState, seed: int,
-                     num_steps: int) -> list[tuple[int, int, int]]:
-    """(seed, env step, fault bits) of each seed's first update in this block of `num_steps` env steps that met a
-    non-finite loss or gradient (bits: initialization.NUMERICAL_FAULT), earliest first, then by seed."""
-    codes = np.asarray(metrics.train[NUMERICAL_FAULT])  # [steps, seeds], 0 where finite or not trained
+def numerical_faults(metrics: BlockMetrics, state: RunState, seed: int | Runs,
+                     num_steps: int) -> list[tuple[int | str, int, int]]:
+    """(run, env step, fault bits) of each run's first update in this block of `num_steps` env steps that met a
+    non-finite loss or gradient (bits: initialization.NUMERICAL_FAULT), earliest first, then in run order. The
+    run is its seed, or "S of variant V" in a sweep; `seed` as for block_records."""
+    codes = np.asarray(metrics.train[NUMERICAL_FAULT])  # [steps, runs], 0 where finite or not trained
+    runs = _runs(seed, codes.shape[1])
     first_step = int(state.env_steps[0]) - num_steps + 1  # the env step of the block's first row
     faults = []
     for i in np.flatnonzero(codes.any(0)):
         row = int(np.flatnonzero(codes[:, i])[0])
-        faults.append((seed + int(i), first_step + row, int(codes[row, i])))
-    return sorted(faults, key=lambda fault: (fault[1], fault[0]))
+        run = f"{runs.seeds[i]} of variant {variant_name(runs.variants[i])}" if runs.variants[i] else runs.seeds[i]
+        faults.append((int(i), run, first_step + row, int(codes[row, i])))
+    return [fault[1:] for fault in sorted(faults, key=lambda fault: (fault[2], fault[0]))]
 
 
-def numerical_fault_message(faults: list[tuple[int, int, int]], checkpoint_path: str | None) -> str:
+def numerical_fault_message(faults: list[tuple[int | str, int, int]], checkpoint_path: str | None) -> str:
     """One sentence on the first of `faults` (numerical_faults) and the checkpoint the run leaves behind."""
-    seed, env_step, bits = faults[0]
+    run, env_step, bits = faults[0]
     losses = [name for i, name in enumerate(NUMERICAL_FAULT_LOSSES) if bits >> i & 1]
     what = (f"the {losses[0]} loss or its gradient" if len(losses) == 1
             else f"the {', '.join(losses[:-1])} and {losses[-1]} losses or their gradients")
@@ -150,7 +180,7 @@ def numerical_fault_message(faults: list[tuple[int, int, int]], checkpoint_path:
                     f"{checkpoint.read_header(checkpoint_path)['env_steps']}")
         except (checkpoint.CheckpointError, KeyError):
             kept = f"stopped without saving: {checkpoint_path} was left as it was"
-    return f"seed {seed}: {what} became non-finite at env step {env_step}{also}; {kept}"
+    return f"seed {run}: {what} became non-finite at env step {env_step}{also}; {kept}"
 
 
 class ProgressBar:
@@ -189,13 +219,14 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
     loss or gradient in any seed's update raises NumericalFault once its block's records are written, without
     saving a checkpoint."""
     agent = make_agent(config, env)
-    seeds = [seed + i for i in range(config.num_seeds)]
+    runs = runs_of(config, seed)
+    seeds = runs.seeds
     envs = seed_environments(env, seeds, config.jax_env)
     if resume:
         state = resume.state if config.jax_env else restart_python_episodes(resume.state, envs, seeds)
     else:
         state = initial_state(config, agent, envs, seed)
-    all_returns = resume.recent_returns if resume else [[] for _ in range(config.num_seeds)]
+    all_returns = resume.recent_returns if resume else [[] for _ in seeds]
     records_written = resume.output_records if resume else 0
 
     block_sizes = block_schedule(int(state.env_steps[0]), config.num_steps, config.eval_frequency)
@@ -216,6 +247,7 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
     def save():
         checkpoint.save(save_checkpoint, state, {
             "config": config_to_dict(config), "seeds": [seed + i for i in range(config.num_seeds)],
+            "variants": [variant_name(v) for v in sweep_variants(config)],
             "env_steps": int(state.env_steps[0]), "updates": int(state.updates[0]),
             "episodes": [int(e) for e in state.episodes],
             "recent_returns": [returns[-RETURN_WINDOW:] for returns in all_returns],
@@ -232,9 +264,9 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
                 state, metrics = compiled[size](state)
                 jax.block_until_ready(state)
                 metrics = jax.device_get(metrics)
-                records, returns = block_records(metrics, state, seed, time.time() - block_start, size)
+                records, returns = block_records(metrics, state, runs, time.time() - block_start, size)
                 if diagnostics and int(state.updates[0]) > 0:
-                    diag = jax.device_get(diagnose(state.params, state.replay, diag_keys))
+                    diag = jax.device_get(diagnose(state.params, state.hparams, state.replay, diag_keys))
                     for i, record in enumerate(records):  # NaN: nothing to measure (e.g. no terminal step)
                         record.update({f"diag_{name}": float(value[i]) if np.isfinite(value[i]) else None
                                        for name, value in diag.items()})
@@ -248,7 +280,7 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
                     tracker.log_block(records)
                 steps = int(state.env_steps[0])
                 bar.update(steps, [r for rs in all_returns for r in rs[-RETURN_WINDOW:]])
-                faults = numerical_faults(metrics, state, seed, size)
+                faults = numerical_faults(metrics, state, runs, size)
                 if faults:  # before any save: the last checkpoint stays the last one with finite updates only
                     raise NumericalFault(numerical_fault_message(faults, save_checkpoint), state)
                 period = config.checkpoint_frequency
@@ -264,7 +296,8 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
         envs.close()
         if out:
             out.close()
-    return {"state": state, "returns": all_returns, "compile_s": compile_s, "run_s": time.time() - run_start}
+    return {"state": state, "returns": all_returns, "compile_s": compile_s, "run_s": time.time() - run_start,
+            "runs": runs}
 
 
 def print_summary(result: dict, seed: int) -> None:
@@ -273,11 +306,13 @@ def print_summary(result: dict, seed: int) -> None:
                 else "agent pieces compiled on first use")
     print(f"{compiled}, ran {steps} env steps per seed in {result['run_s']:.1f} s "
           f"({steps / max(result['run_s'], 1e-9):.0f} steps/s)")
+    runs = result.get("runs") or _runs(seed, len(result["returns"]))
     for i, returns in enumerate(result["returns"]):
         recent = returns[-RETURN_WINDOW:]
         mean = f"{np.mean(recent):.3f}" if recent else "n/a (no episode completed)"
         episodes = int(result["state"].episodes[i])
-        print(f"seed {seed + i}: {episodes} episodes, mean return over the last {len(recent)}: {mean}")
+        variant = f"{variant_name(runs.variants[i])}, " if runs.variants[i] else ""
+        print(f"{variant}seed {runs.seeds[i]}: {episodes} episodes, mean return over the last {len(recent)}: {mean}")
 
 
 def main(argv: Sequence[str] | None, description: str, single_seed: bool) -> int:
@@ -300,7 +335,7 @@ def run_command(args: argparse.Namespace, config: Config) -> int:
         if args.load_checkpoint and not os.path.exists(args.load_checkpoint):
             print(f"warning: checkpoint {args.load_checkpoint!r} does not exist; starting a fresh run", file=sys.stderr)
         elif args.load_checkpoint:
-            envs = seed_environments(env, range(config.num_seeds), config.jax_env)
+            envs = seed_environments(env, range(config.num_runs), config.jax_env)
             expected = state_shapes(config, make_agent(config, env), envs)
             envs.close()
             resume = checkpoint.prepare_resume(args.load_checkpoint, config_to_dict(config), expected, args.seed,
@@ -309,15 +344,17 @@ def run_command(args: argparse.Namespace, config: Config) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     seed = resume.seed if resume else (args.seed or 0)
-    print(f"{config.num_seeds} seed(s) of {config.env_config.env_name}, seeds {seed}..{seed + config.num_seeds - 1}, "
-          f"{config.num_steps} env steps, metrics -> {args.output}"
+    variants = sweep_variants(config)
+    sweep = f"{len(variants)} variants ({'; '.join(map(variant_name, variants))}) x " if config.sweep else ""
+    print(f"{sweep}{config.num_seeds} seed(s) of {config.env_config.env_name}, seeds {seed}.."
+          f"{seed + config.num_seeds - 1}, {config.num_steps} env steps, metrics -> {args.output}"
           + (f", resuming from env step {resume.env_steps} of {args.load_checkpoint}" if resume else ""))
-    seeds = [seed + i for i in range(config.num_seeds)]
+    runs = runs_of(config, seed)
     wandb = resume.wandb if resume and resume.wandb else {}
-    tracker = Tracker(config_to_dict(config), seeds, args.group or wandb.get("group"), project=args.wandb_project,
-                      mode=args.wandb, tags=args.tag, run_ids=wandb.get("run_ids"))
+    tracker = Tracker(config_to_dict(config), runs.seeds, args.group or wandb.get("group"), project=args.wandb_project,
+                      mode=args.wandb, tags=args.tag, run_ids=wandb.get("run_ids"), variants=runs.variants)
     if tracker.active:
-        print(f"wandb group {tracker.group} ({tracker.mode}), one run per seed")
+        print(f"wandb group {tracker.group} ({tracker.mode}), one run per {'variant and ' * bool(config.sweep)}seed")
     try:
         try:
             result = run(config, env, seed, args.output, progress=not args.no_progress, tracker=tracker,

@@ -1,6 +1,7 @@
 """Builds the agent for one environment and config: its pure per-seed functions (act, carry update,
 training update) and the initial run state, the single pytree that holds the whole experiment of one seed."""
 
+import copy
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -10,11 +11,11 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from config import Config, ConfigError
+from config import Config, ConfigError, sweep_variants
 from environments import EnvSpec
 from losses_and_evaluation import actor_critic_losses, imagine, observe_step, world_model_loss
 from losses_and_evaluation import DIAGNOSTIC_SEQUENCES, model_diagnostics
-from networks import latent_noise, latent_size, make_actor_critic, make_world_model
+from networks import latent_noise, latent_size, make_actor_critic, make_world_model, policy_logits
 from replay_buffer import ReplayBuffer, init_buffer, pack_frame, sample_sequences, unpack_frames
 
 
@@ -48,6 +49,7 @@ class RunState(NamedTuple):
     episode_return: jax.Array  # float32 [] undiscounted return of the running episode
     episodes: jax.Array  # int32 [] completed episodes
     return_scale: jax.Array  # float32 [] EMA of the imagined λ-returns' 5th-95th percentile spread
+    hparams: dict  # {key: float32 []} this run's values of the swept keys (config.sweep); empty without a sweep
 
 
 # The training metric that flags a non-finite update (int32, 0 for a finite one): bit i set where the loss
@@ -60,13 +62,14 @@ NUMERICAL_FAULT_LOSSES = ("world-model", "actor", "critic")
 class Agent(NamedTuple):
     """Pure per-seed functions; the loop vmaps them over seeds."""
 
-    init_state: Callable  # (key, env_state, obs) -> RunState, given the env's first reset
-    act: Callable  # (params, h [H], obs [*obs], key) -> (action [], z [Z])
+    init_state: Callable  # (key, env_state, obs, hparams={}) -> RunState, given the env's first reset
+    act: Callable  # (params, hparams, h [H], obs [*obs], key) -> (action [], z [Z])
     next_h: Callable  # (params, h, z, action, episode_end) -> next h [H], zero after an episode end
     replay_obs: Callable  # obs [*obs] -> the compact frame replay stores
     train_update: Callable  # RunState -> (RunState, metrics dict of scalars, NUMERICAL_FAULT among them)
     update_target: Callable  # RunState -> RunState with the target critic refreshed
-    diagnose: Callable  # (params, replay, key) -> dict of scalars: model diagnostics on a few replayed sequences
+    diagnose: Callable  # (params, hparams, replay, key) -> dict of scalars: model diagnostics on a few replayed
+    # sequences
 
 
 def make_optimizer(config: Config, learning_rate: float) -> optax.GradientTransformation:
@@ -97,6 +100,25 @@ def make_optimizer(config: Config, learning_rate: float) -> optax.GradientTransf
         return updates, (clip_state, (adam_state, decay_state, scale_state))
 
     return optax.GradientTransformation(init, update)
+
+
+def with_run_values(config: Config, hparams: dict) -> Config:
+    """The config as one run of a sweep sees it: its swept keys hold that run's values (arrays, traced inside
+    the program) instead of the config's numbers. Without a sweep, the config itself. Built without the
+    config's checks, which need Python numbers: the sweep's values were checked when the config was made."""
+    if not hparams:
+        return config
+    run_config = copy.copy(config)
+    for key, value in hparams.items():
+        object.__setattr__(run_config, key, value)
+    return run_config
+
+
+def initial_hparams(config: Config) -> dict[str, np.ndarray]:
+    """{key: float32 [num_runs]}: each run's value of each swept key, run r being variant r // num_seeds."""
+    variants = sweep_variants(config)
+    return {key: np.repeat(np.array([v[key] for v in variants], np.float32), config.num_seeds)
+            for key in config.sweep}
 
 
 def all_finite(tree) -> jax.Array:
@@ -136,10 +158,15 @@ def make_agent(config: Config, env) -> Agent:
     c, spec = config, env.spec
     wm = make_world_model(c, spec.obs_shape, spec.num_actions)
     actor, critic = make_actor_critic(c, spec.num_actions)
-    optimizers = OptStates(make_optimizer(c, c.model_alpha), make_optimizer(c, c.pi_alpha), make_optimizer(c, c.V_alpha))
+
+    def optimizers(run_config: Config) -> OptStates:  # the learning rates may be a run's swept values
+        rc = run_config
+        return OptStates(make_optimizer(rc, rc.model_alpha), make_optimizer(rc, rc.pi_alpha),
+                         make_optimizer(rc, rc.V_alpha))
+
     hidden, z_size = c.num_hidden_units, latent_size(c)
 
-    def init_state(key, env_state, first_obs) -> RunState:
+    def init_state(key, env_state, first_obs, hparams=None) -> RunState:
         wm_key, actor_key, critic_key, run_key = jax.random.split(key, 4)
         obs = jnp.zeros(spec.obs_shape, jnp.float32)
         h, z = jnp.zeros(hidden), jnp.zeros(z_size)
@@ -147,18 +174,18 @@ def make_agent(config: Config, env) -> Agent:
         critic_params = critic.init(critic_key, feat)
         params = Params(wm.init(wm_key, obs, h, z, jnp.int32(0)), actor.init(actor_key, feat), critic_params,
                         critic_params)
-        opt_states = OptStates(*(opt.init(p) for opt, p in zip(optimizers, params[:3])))
+        opt_states = OptStates(*(opt.init(p) for opt, p in zip(optimizers(c), params[:3])))
         return RunState(
             params=params, opt_states=opt_states, env_state=env_state, obs=first_obs, rssm_h=h,
             replay=init_buffer(c.buffer_size, *replay_frame(c, spec)), key=run_key,
             env_steps=jnp.int32(0), updates=jnp.int32(0), episode_return=jnp.float32(0.0), episodes=jnp.int32(0),
-            return_scale=jnp.float32(0.0))
+            return_scale=jnp.float32(0.0), hparams={k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()})
 
-    def act(params: Params, h, obs, key):
+    def act(params: Params, hparams, h, obs, key):
         post_key, action_key = jax.random.split(key)
         embed = wm.embed(params.world_model, obs.astype(jnp.float32))
         z, _ = observe_step(c, wm, params.world_model, h, embed, latent_noise(c, post_key, ()))
-        logits = actor.apply(params.actor, jnp.concatenate([h, z], -1))
+        logits = policy_logits(with_run_values(c, hparams), actor.apply(params.actor, jnp.concatenate([h, z], -1)))
         return jax.random.categorical(action_key, logits).astype(jnp.int32), z
 
     def next_h(params: Params, h, z, action, episode_end):
@@ -168,6 +195,7 @@ def make_agent(config: Config, env) -> Agent:
         return pack_frame(obs) if c.binary_state else obs
 
     def train_update(state: RunState):
+        c = with_run_values(config, state.hparams)
         key, sample_key, wm_key, imagine_key = jax.random.split(state.key, 4)
         params, opt = state.params, state.opt_states
         batch = sample_sequences(state.replay, sample_key, c.batch_size, c.sequence_length, c.maximize_nonterminal)
@@ -193,7 +221,7 @@ def make_agent(config: Config, env) -> Agent:
         grads = (wm_grads, actor_grads, critic_grads)
         grad_norms = tuple(flat_norm(g) for g in grads)
         updates, new_opt = zip(*(optimizer.update(g, o, p)  # per network; the target critic has no optimizer
-                                 for optimizer, g, o, p in zip(optimizers, grads, opt, params)))
+                                 for optimizer, g, o, p in zip(optimizers(c), grads, opt, params)))
         # Bit i set: network i's loss (NUMERICAL_FAULT_LOSSES), gradient or update is non-finite (a non-finite
         # gradient leaf makes the global norm non-finite). Any bit set skips the whole update, so that params and
         # optimizer states keep their values; a `where`, not a `cond`: the update is vmapped over seeds. Checking
@@ -217,7 +245,8 @@ def make_agent(config: Config, env) -> Agent:
     def update_target(state: RunState) -> RunState:
         return state._replace(params=state.params._replace(target_critic=state.params.critic))
 
-    def diagnose(params: Params, replay: ReplayBuffer, key):
+    def diagnose(params: Params, hparams, replay: ReplayBuffer, key):
+        c = with_run_values(config, hparams)
         # Needs a sampleable buffer (true once training has started); NaN marks a statistic with no data.
         sample_key, model_key = jax.random.split(key)
         batch = sample_sequences(replay, sample_key, DIAGNOSTIC_SEQUENCES, c.sequence_length, c.maximize_nonterminal)

@@ -1,7 +1,6 @@
 """Losses of DreamerV2: the world-model loss over replayed sequences (observation, reward and termination
 likelihoods, KL balancing, posterior entropy bonus) and the actor-critic losses on imagined rollouts."""
 
-import dataclasses
 from typing import Callable, NamedTuple
 
 import jax
@@ -9,7 +8,7 @@ import jax.numpy as jnp
 
 from config import Config
 from networks import (WorldModel, categorical_from_uniform, latent_entropy, latent_kl, latent_kl_to_standard_normal,
-                      latent_noise, sample_latent_from_noise)
+                      latent_noise, policy_logits, sample_latent_from_noise)
 
 
 class PosteriorStates(NamedTuple):
@@ -140,17 +139,20 @@ class ImaginedRollout(NamedTuple):
     cont: jax.Array  # [K, N] predicted probability that the episode continues after each transition
 
 
-def imagine(config: Config, wm: WorldModel, wm_params, actor_apply: Callable, actor_params, start_h, start_z, key):
-    """Roll the prior forward `rollout_length` steps from start states [N, H], [N, Z] with the actor."""
+def imagine(config: Config, wm: WorldModel, wm_params, actor_apply: Callable, actor_params, start_h, start_z, key,
+            horizon: int | None = None):
+    """Roll the prior forward `horizon` steps (default `rollout_length`) from start states [N, H], [N, Z] with
+    the actor."""
 
     def step(carry, noise_t):  # only what depends on the previous step stays in the scan
         h, z = carry
         action_u, latent_noise_t = noise_t
-        action = categorical_from_uniform(action_u, actor_apply(actor_params, jnp.concatenate([h, z], -1)))
+        logits = policy_logits(config, actor_apply(actor_params, jnp.concatenate([h, z], -1)))
+        action = categorical_from_uniform(action_u, logits)
         next_h, next_z, _ = imagine_step(config, wm, wm_params, h, z, action, latent_noise_t)
         return (next_h, next_z), (next_h, next_z, action)
 
-    steps = (config.rollout_length, start_h.shape[0])
+    steps = (horizon or config.rollout_length, start_h.shape[0])
     action_key, latent_key = jax.random.split(key)  # the noise of all steps, drawn before the scan
     noise = jax.random.uniform(action_key, (*steps, 1)), latent_noise(config, latent_key, steps)
     _, (next_h, next_z, action) = jax.lax.scan(step, (start_h, start_z), noise)
@@ -195,7 +197,7 @@ def actor_critic_losses(config: Config, actor_apply, critic_apply, actor_params,
     values = critic_apply(critic_params, feat[:-1])  # [K, N]
     critic_loss = jnp.mean(weights * 0.5 * (values - returns) ** 2)
 
-    log_probs = jax.nn.log_softmax(actor_apply(actor_params, feat[:-1]))  # [K, N, A]
+    log_probs = jax.nn.log_softmax(policy_logits(c, actor_apply(actor_params, feat[:-1])))  # [K, N, A]
     action_log_prob = jnp.take_along_axis(log_probs, rollout.action[..., None], -1)[..., 0]
     entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, -1)
     advantage = returns - sg(values)
@@ -285,8 +287,7 @@ def model_diagnostics(config: Config, wm: WorldModel, wm_params, actor_apply: Ca
     real_return = discounted_sum(reward, real_steps, c.discount)  # [B]
 
     start_h, start_z = h[:, start], z[:, start]
-    horizon_config = c if horizon == c.rollout_length else dataclasses.replace(c, rollout_length=horizon)
-    rollout = imagine(horizon_config, wm, wm_params, actor_apply, actor_params, start_h, start_z, actor_key)
+    rollout = imagine(c, wm, wm_params, actor_apply, actor_params, start_h, start_z, actor_key, horizon)
     imagined_steps = jnp.where(ends_truncated[None], real_steps, 1.0)
     imagined_return = discounted_sum(rollout.reward, continuation_weights(rollout.cont) * imagined_steps, c.discount)
 

@@ -376,6 +376,15 @@ def _inverse_cdf_sample(u, probs):
     return jnp.minimum(jnp.sum(cdf < u * cdf[..., -1:], -1), width - 1)
 
 
+def policy_logits(config: Config, logits):
+    """The discrete policy's logits [..., A] after mixing `actor_unimix` of the uniform distribution into its
+    probabilities: log((1 - u) softmax(logits) + u / A). With u = 0 the logits are returned as they are."""
+    u = config.actor_unimix
+    if not isinstance(u, jax.Array) and u == 0:  # a swept value is an array: mixed even where it is 0
+        return logits
+    return jnp.log((1.0 - u) * jax.nn.softmax(logits, -1) + u / logits.shape[-1])
+
+
 def categorical_from_uniform(u, logits):
     """Class indices [...] drawn from softmax(logits [..., W]) with uniforms u [..., 1] (see `_inverse_cdf_sample`)."""
     return _inverse_cdf_sample(u, jax.nn.softmax(logits, -1))

@@ -3,7 +3,8 @@
     python3 plot_metric.py OUTPUT [OUTPUT ...] --metric episode_return -o plot.png [--smooth N] [--summary]
 
 Each OUTPUT is a JSON-lines file written by the runner's `-o` flag (one record per seed per block,
-see README "Output format"). Each file is one line in the plot, labelled with its file name.
+see README "Output format"). Each file is one line in the plot, labelled with its file name; the output of
+a sweep (`--sweep`, records with a `variant` field) is one line per variant, over that variant's seeds.
 
 Plot: at each `env_steps`, the mean of the metric across seeds, and a shaded 95% percentile
 bootstrap confidence interval of that mean (seeds resampled with replacement, `--bootstrap`
@@ -17,6 +18,7 @@ Summary (`--summary`, printed to stdout, one row per file), computed on unsmooth
 - `iqm`: the interquartile mean of the per-seed final values (25% trimmed from each end,
   `scipy.stats.trim_mean(x, 0.25)`, or the same computation in NumPy without SciPy);
 - `ci_low`, `ci_high`: the 95% percentile bootstrap CI of `final` over seeds.
+A sweep's variants are ranked: sorted by `final`, best (highest) first.
 
 Errors (a missing or unreadable file, a metric absent from a file, no numeric values) print one
 sentence on stderr and exit with status 2.
@@ -104,6 +106,17 @@ def seed_curves(records: Sequence[dict], metric: str, label: str) -> SeedCurves:
     if np.all(np.isnan(values)):
         raise UsageError(f"metric {metric!r} has no numeric values in {label}.")
     return SeedCurves(label, seeds, env_steps, values)
+
+
+def variant_curves(records: Sequence[dict], metric: str, label: str, alone: bool) -> list[SeedCurves]:
+    """seed_curves of each variant of a sweep's records (in the order they first appear), labelled by the
+    variant (prefixed with `label` unless the file is `alone`); a file without variants is one SeedCurves."""
+    variants: dict[str, list[dict]] = {}
+    for record in records:
+        variants.setdefault(str(record.get("variant", "")), []).append(record)
+    if list(variants) == [""]:
+        return [seed_curves(records, metric, label)]
+    return [seed_curves(rows, metric, name if alone else f"{label} {name}") for name, rows in variants.items()]
 
 
 def smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -241,13 +254,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("nothing to do: give -o PNG, --summary, or both.")
         if args.smooth < 1 or args.last < 1 or args.bootstrap < 1:
             raise UsageError("--smooth, --last and --bootstrap must be at least 1.")
-        all_curves = [seed_curves(read_records(path), args.metric, label)
-                      for path, label in zip(args.outputs, _labels(args.outputs))]
+        all_curves = [curves for path, label in zip(args.outputs, _labels(args.outputs))
+                      for curves in variant_curves(read_records(path), args.metric, label, len(args.outputs) == 1)]
+        swept = len(all_curves) > len(args.outputs)
         if args.plot is not None:
             plot(all_curves, args.metric, args.plot, args.smooth, args.bootstrap, args.title)
         if args.summary:
             rows = [(curves.label, summarize(curves, args.last, resamples=args.bootstrap))
                     for curves in all_curves]
+            if swept:  # rank the variants
+                rows.sort(key=lambda row: -row[1]["final"])
             print(format_summary(rows, args.metric, args.last))
     except UsageError as error:
         print(f"plot_metric.py: error: {error}", file=sys.stderr)

@@ -1,8 +1,9 @@
 """Experiment tracking with Weights & Biases: one wandb run per seed, all in one process.
 
-A `Tracker` opens one wandb run per seed of an invocation. The runs share a `group`, so the
-wandb UI shows the seeds of one invocation as one comparison; each run is named
-`f"{group}-seed{seed}"` and carries the full config plus `seed`, `num_seeds` and `env_name`.
+A `Tracker` opens one wandb run per seed of an invocation (per variant and seed for a sweep). The
+runs share a `group`, so the wandb UI shows the seeds of one invocation as one comparison; each run is
+named `f"{group}-seed{seed}"` (`f"{group}-{variant}-seed{seed}"` in a sweep) and carries the full config
+plus `seed`, `num_seeds` and `env_name` (and the variant's values, and `variant` naming it).
 Per block, `log_block` takes the records that the runner writes to its JSON-lines output (one
 per seed) and logs their numeric fields against `env_steps`, which is also the wandb step. A
 resumed run (`run_ids` from a checkpoint) continues each seed's run: its steps continue those
@@ -29,6 +30,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse
+
+from config import variant_name
 
 MODES = ("online", "offline", "disabled")
 DEFAULT_PROJECT = "dreamer-jax"
@@ -115,7 +118,7 @@ class Tracker:
 
     Args:
         config_dict: the full config as plain data (e.g. `config.to_dict()`); goes in each run's config.
-        seeds: the seeds of the invocation, one run each, in the order of the records.
+        seeds: the seed of each run of the invocation, in the order of the records.
         group: the wandb group shared by all runs; None generates a readable name (see `make_group_name`).
         project: the wandb project.
         mode: "online", "offline" or "disabled"; None means WANDB_MODE if set, else "offline".
@@ -125,6 +128,7 @@ class Tracker:
         directory: where wandb writes its `wandb/` folder.
         env_name: the environment name for the run config and the generated group; by default
             `config_dict["env_config"]["env_name"]`.
+        variants: in a sweep, each run's swept values ({key: value}), one per entry of `seeds`.
 
     Attributes: `group`, `run_ids` (None where a run is not open), `mode` (the mode in effect),
     `active` (whether anything is logged), `sync_dirs` (offline run directories).
@@ -141,8 +145,12 @@ class Tracker:
         run_ids: Sequence[str] | None = None,
         directory: str = ".",
         env_name: str | None = None,
+        variants: Sequence[Mapping[str, float]] | None = None,
     ) -> None:
         self.seeds = [int(seed) for seed in seeds]
+        self.variants = [dict(v) for v in variants] if variants is not None else [{} for _ in self.seeds]
+        if len(self.variants) != len(self.seeds):
+            raise ValueError(f"got {len(self.variants)} variants for {len(self.seeds)} seeds, expected one per run")
         if run_ids is not None and len(run_ids) != len(self.seeds):
             raise ValueError(f"got {len(run_ids)} run ids for {len(self.seeds)} seeds, expected one per seed")
         mode = default_mode() if mode is None else mode
@@ -164,6 +172,10 @@ class Tracker:
             self._start(dict(config_dict), list(tags))
         except Exception as error:  # noqa: BLE001 - a tracking failure must never stop training
             self._fail(error)
+
+    @property
+    def num_variants(self) -> int:
+        return len({variant_name(v) for v in self.variants})
 
     @property
     def active(self) -> bool:
@@ -190,15 +202,17 @@ class Tracker:
             x_save_requirements=False,
             init_timeout=60.0,
         )
-        for index, seed in enumerate(self.seeds):
-            run_config = {**config, "seed": seed, "num_seeds": len(self.seeds), "env_name": self.env_name}
+        for index, (seed, variant) in enumerate(zip(self.seeds, self.variants)):
+            name = variant_name(variant)
+            run_config = {**config, **variant, "seed": seed, "num_seeds": len(self.seeds) // self.num_variants,
+                          "env_name": self.env_name, **({"variant": name} if variant else {})}
             kwargs: dict[str, Any] = {}
             if self.run_ids[index] is not None:
                 kwargs = {"id": self.run_ids[index], "resume": "allow"}
             run = wandb.init(
                 project=self.project,
                 group=self.group,
-                name=f"{self.group}-seed{seed}",
+                name=f"{self.group}-{name + '-' if name else ''}seed{seed}",
                 config=run_config,
                 tags=tags or None,
                 mode=self.mode,
@@ -222,13 +236,15 @@ class Tracker:
             )
 
     def log_block(self, records: Sequence[Mapping[str, Any]]) -> None:
-        """Log one block: one output record per seed (matched by its `seed` field, else by position)."""
+        """Log one block: one output record per run (matched by its `seed` and `variant` fields, else by
+        position)."""
         if not self._runs:
             return
         try:
-            by_seed = {seed: index for index, seed in enumerate(self.seeds)}
+            by_run = {(seed, variant_name(v)): index for index, (seed, v) in enumerate(zip(self.seeds, self.variants))}
             for position, record in enumerate(records):
-                index = by_seed.get(record.get("seed"), position) if "seed" in record else position
+                run = (record.get("seed"), record.get("variant", ""))
+                index = by_run.get(run, position) if "seed" in record else position
                 if index >= len(self._runs):
                     continue
                 metrics = numeric_metrics(record)

@@ -53,11 +53,11 @@ def main(argv=None):
     steps = args.steps or eval_frequency
     num_seeds = args.seeds or config.num_seeds
     # The first block only acts (fills replay); then the shared step counter jumps past training_start_time.
-    config, agent, state, block, block_compile_s, _ = compiled_block(
+    config, agent, state, block, block_compile_s, _, _ = compiled_block(
         config, environment_from_config(config), num_seeds, steps, max(2 * steps, config.sequence_length))
     keys = diagnostic_keys(range(num_seeds))
     start = time.perf_counter()
-    diagnose = jit_diagnose(agent).lower(state.params, state.replay, keys).compile()
+    diagnose = jit_diagnose(agent).lower(state.params, state.hparams, state.replay, keys).compile()
     diagnose_compile_s = time.perf_counter() - start
 
     state, _ = block(state)
@@ -76,7 +76,7 @@ def main(argv=None):
         records, _ = block_records(metrics, state, 0, times["block"][-1], steps)
         times["records"].append(time.perf_counter() - start)
         start = time.perf_counter()
-        diag = jax.device_get(diagnose(state.params, state.replay, keys))
+        diag = jax.device_get(diagnose(state.params, state.hparams, state.replay, keys))
         for i, record in enumerate(records):
             record.update({f"diag_{name}": float(value[i]) if np.isfinite(value[i]) else None
                            for name, value in diag.items()})

@@ -1,10 +1,16 @@
 """Times the jitted, vmapped block for several seed counts and prints one JSON object.
 
 Per seed count: seconds per env step acting only (before training_start_time) and with training (one update
-every train_frequency steps), relative efficiency (seed-steps/s over the one-seed figure), wall-clock
-slowdown, compile time; plus peak RSS and replay bytes per seed.
+every train_frequency steps), relative efficiency (run-steps/s over the first entry's figure), wall-clock
+slowdown, compile time and the number of programs compiled for the block; plus peak RSS and replay bytes per
+run.
 
     python3 bench/bench_loop.py -c config.json --seeds 1,2 --steps 100
+    python3 bench/bench_loop.py -c configs/quickstart.json --seeds 8 --sweep_seeds 2 --sweep beta=0.01,0.02,0.03,0.1
+
+With `--sweep` (repeatable, as the run scripts take it), a sweep of those variants with `--sweep_seeds` seeds
+each is measured after the plain seed counts: with as many runs as a plain entry, its time per env step
+should match that entry's.
 """
 
 import argparse
@@ -29,7 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from agent_environment_interaction_loop import (  # noqa: E402
     device_memory_stats, jit_block, make_block_function, update_seed_batch, update_seed_bytes)
-from config import load_config  # noqa: E402
+from config import load_config, sweep_variants, variant_name, with_sweep  # noqa: E402
 from environments import environment_from_config, seed_environments  # noqa: E402
 from experiment import initial_state  # noqa: E402
 from initialization import make_agent  # noqa: E402
@@ -55,24 +61,32 @@ def time_block(compiled, state, repeats: int):
     return state, best
 
 
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # recorded once per program XLA compiles
+_compiles = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, duration, **_: _compiles.append(event) if event == BACKEND_COMPILE_EVENT else None)
+
+
 def compiled_block(config, env, num_seeds: int, steps: int, training_start_time: int):
     """(config, agent, initial run state, the compiled `steps`-step block with the state donated, compile
-    seconds, the part of them spent tracing and lowering to StableHLO before XLA compiles) for `num_seeds`
-    vmapped seeds, training starting at `training_start_time` or later."""
+    seconds, the part of them spent tracing and lowering to StableHLO before XLA compiles, programs XLA
+    compiled for it) for `num_seeds` vmapped seeds (of each variant of the config's sweep), training starting
+    at `training_start_time` or later."""
     config = dataclasses.replace(config, num_seeds=num_seeds, eval_frequency=steps,
                                  training_start_time=max(config.training_start_time, training_start_time))
     agent = make_agent(config, env)
-    envs = seed_environments(env, range(num_seeds), jax_env=True)
+    envs = seed_environments(env, range(config.num_runs), jax_env=True)
     state = initial_state(config, agent, envs, seed=0)
-    start = time.perf_counter()
+    start, compiles_before = time.perf_counter(), len(_compiles)
     lowered = jit_block(make_block_function(config, agent, envs, steps)).lower(state)
     lowered_at = time.perf_counter()
     compiled = lowered.compile()
-    return config, agent, state, compiled, time.perf_counter() - start, lowered_at - start
+    return (config, agent, state, compiled, time.perf_counter() - start, lowered_at - start,
+            len(_compiles) - compiles_before)
 
 
 def bench_seeds(config, env, num_seeds: int, steps: int, repeats: int) -> dict:
-    config, _, state, compiled, compile_s, lower_s = compiled_block(
+    config, _, state, compiled, compile_s, lower_s, programs = compiled_block(
         config, env, num_seeds, steps, (repeats + 1) * steps)
     state, acting_s = time_block(compiled, state, repeats)
     assert int(state.updates[0]) == 0, "acting-only blocks must not train"
@@ -81,12 +95,13 @@ def bench_seeds(config, env, num_seeds: int, steps: int, repeats: int) -> dict:
     state, training_s = time_block(compiled, state, repeats)
     updates_per_block = int(state.updates[0]) / repeats  # seed 0's training updates per timed training block
     assert updates_per_block > 0
-    replay_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state.replay)) // num_seeds
+    replay_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state.replay)) // config.num_runs
     device_stats = device_memory_stats()  # empty on CPU
-    return {"seeds": num_seeds, "acting_s_per_step": acting_s / steps, "training_s_per_step": training_s / steps,
+    variants = [variant_name(v) for v in sweep_variants(config)] if config.sweep else None
+    return {"seeds": num_seeds, "variants": variants, "runs": config.num_runs, "programs_compiled": programs, "acting_s_per_step": acting_s / steps, "training_s_per_step": training_s / steps,
             "updates_per_training_block": updates_per_block,
             "compile_s": compile_s, "lower_s": lower_s, "replay_bytes_per_seed": replay_bytes,
-            "update_seed_batch": update_seed_batch(config.update_seed_batch, num_seeds,
+            "update_seed_batch": update_seed_batch(config.update_seed_batch, config.num_runs,
                                                   seed_bytes=update_seed_bytes(config)),
             "device_peak_bytes": device_stats.get("peak_bytes_in_use")}
 
@@ -98,14 +113,19 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=100, help="env steps per timed block")
     parser.add_argument("--repeats", type=int, default=2, help="timed blocks per phase (best is kept)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="also measure a sweep of these values (repeatable, a grid as in the run scripts)")
+    parser.add_argument("--sweep_seeds", type=int, default=2, help="seeds per variant of the --sweep entry")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set)
     env = environment_from_config(config)
 
     results = [bench_seeds(config, env, int(n), args.steps, args.repeats) for n in args.seeds.split(",")]
+    if args.sweep:
+        results.append(bench_seeds(with_sweep(config, args.sweep), env, args.sweep_seeds, args.steps, args.repeats))
     base = results[0]
     for r in results:
-        scale = r["seeds"] / base["seeds"]
+        scale = r["runs"] / base["runs"]
         r["relative_efficiency"] = scale * base["training_s_per_step"] / r["training_s_per_step"]
         r["acting_relative_efficiency"] = scale * base["acting_s_per_step"] / r["acting_s_per_step"]
         r["wall_clock_slowdown"] = r["training_s_per_step"] / base["training_s_per_step"]

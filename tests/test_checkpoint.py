@@ -321,13 +321,23 @@ def test_a_checkpoint_with_leafwise_optimizer_moments_resumes_to_the_same_run(re
     assert_same_run(reference / "full.ckpt", reference / "full.out", f"{half}.ckpt", f"{half}.out")
 
 
-def test_a_checkpoint_without_the_return_scale_resumes_with_it_at_zero(reference, tmp_path):
+OPTIONS_ADDED_SINCE = ("return_normalization", "return_scale_decay", "actor_unimix", "sweep")
+
+
+def test_a_checkpoint_older_than_the_return_scale_resumes_with_it_at_zero(reference, tmp_path):
     # Checkpoints written before the return scale (the EMA of the imagined returns' spread) was part of the run
-    # state: a resume starts it at 0, its initial value. The reference stops at env step 100, before its first
+    # state, and before the config keys added with and after it: a resume starts the scale at 0, its initial
+    # value, and reads the missing keys as their defaults. The reference stops at env step 100, before its first
     # update, where the scale is still 0: so the resume is the uninterrupted run, leaf for leaf.
     assert arrays(reference / "half.ckpt")[".return_scale"] == 0
     half = tmp_path / "half"
-    rewrite(reference / "half.ckpt", f"{half}.ckpt", lambda entries, head: entries.pop(".return_scale"))
+
+    def make_older(entries, head):
+        entries.pop(".return_scale")
+        for key in OPTIONS_ADDED_SINCE:
+            head["config"].pop(key)
+
+    rewrite(reference / "half.ckpt", f"{half}.ckpt", make_older)
     assert ".return_scale" not in arrays(f"{half}.ckpt")
     (tmp_path / "half.out").write_bytes((reference / "half.out").read_bytes())
     assert run_main("-o", f"{half}.out", "--save_checkpoint", f"{half}.ckpt", "--load_checkpoint", f"{half}.ckpt") == 0

@@ -25,7 +25,8 @@ REFERENCE = {
 }
 # Keys this project adds to the reference's: speed and memory settings that change no hyper-parameter, and
 # algorithm options whose defaults leave the reference's algorithm as it is.
-OWN_DEFAULTS = {"update_seed_batch": 0, "return_normalization": False, "return_scale_decay": 0.99}
+OWN_DEFAULTS = {"update_seed_batch": 0, "return_normalization": False, "return_scale_decay": 0.99, "actor_unimix": 0.0,
+                "sweep": {}}
 DEFAULTS = {**REFERENCE, **OWN_DEFAULTS}
 
 
