@@ -17,7 +17,7 @@ import numpy as np
 
 from config import Config
 from initialization import Agent, RunState
-from networks import latent_size
+from distributions import latents
 from replay_buffer import add
 
 
@@ -111,9 +111,8 @@ def make_store(agent: Agent) -> Callable:
 
 # On CPU, seeds whose updates are small run them vmapped together, up to this many bytes of imagined features
 # (`update_seed_bytes`) a batch: for a small model an update is mostly per-kernel overhead, which a batch
-# pays once (configs/quickstart.json, 8 seeds: 24-29 ms per env step with training vmapped against 33-38 ms one
-# seed at a time, bench/results.md). One seed of config.json (128 MiB) is past it, and runs alone: its update
-# already keeps the cores busy, and vmapping would multiply its 2.4 GB of temporaries.
+# pays once. One seed of config.json (128 MiB) is past it, and runs alone: its update already keeps the cores
+# busy, and vmapping would multiply its temporaries (figures in bench/results.md).
 CPU_BATCH_BYTES = 64 * 2**20
 
 
@@ -121,15 +120,14 @@ def update_seed_bytes(config: Config) -> int:
     """Bytes of one seed's imagined features, [rollout_length + 1, batch_size * sequence_length, h + z] float32:
     the update's large arrays grow with it, so it stands for the update's size in the CPU default below."""
     states = config.batch_size * config.sequence_length
-    return 4 * (config.rollout_length + 1) * states * (config.num_hidden_units + latent_size(config))
+    return 4 * (config.rollout_length + 1) * states * (config.num_hidden_units + latents(config).size)
 
 
 # On an accelerator the seeds' updates run as one vmapped batch as long as it fits: its device memory is about
-# ACCELERATOR_BYTES_PER_SEED_BYTE x `update_seed_bytes` a seed (config.json, 128 MiB: 1.66 GB a seed on an H100
-# at 20 seeds, up to 1.83 GB on an H200 at 40; bench/results.md), and a batch may take this fraction of what
-# the device's allocator holds, the rest left to all seeds' parameters, optimizer states and replays. Batches of
-# the in-place loop cost no acting time there either (H100, 20 seeds in batches of 5: acting 0.32 ms per step,
-# as vmapped; the updates 30% slower, device peak 14 GB against 33 GB).
+# ACCELERATOR_BYTES_PER_SEED_BYTE x `update_seed_bytes` a seed (measured on GPUs for config.json,
+# bench/results.md), and a batch may take this fraction of what the device's allocator holds, the rest left to
+# all seeds' parameters, optimizer states and replays. Smaller batches trade update speed for memory; acting
+# runs as fast.
 ACCELERATOR_BYTES_PER_SEED_BYTE = 14
 ACCELERATOR_MEMORY_FRACTION = 0.7
 
@@ -194,10 +192,8 @@ def seed_batched_update(agent: Agent, requested_batch: int, seed_bytes: int = 0,
       slices each batch out of the state and writes it back into the same buffers;
     - or as a `scan` (the default on CPU, where they exist because vmapping a large update gains no speed)
       over [batches, batch] views of the state, which reads each batch from the old state and writes it to a
-      new one. XLA:CPU copied the whole seed-stacked optimizer moments in every iteration of the in-place loop
-      (config.json, 8 seeds: four copies of 336 MB for each seed's update, 2-3% of its time, growing with the
-      square of the seed count); the scan holds a second copy of the seeds' parameters and optimizer states
-      instead (130 MB a seed for config.json).
+      new one, holding a second copy of the seeds' parameters and optimizer states (the in-place loop was
+      measured to copy the whole seed-stacked optimizer moments on XLA:CPU, bench/README.md).
     The replay is only read, never carried or copied."""
     # jitted, so that the trace made for the metric shapes below is reused by the calls (the update is
     # the largest function of a block: tracing it twice took seconds)
@@ -274,9 +270,9 @@ def make_block_function(config: Config, agent: Agent, envs, num_steps: int,
 
     Under the JAX drivers a block of one seed runs the per-seed pieces themselves, unvmapped, on the state
     with its seed axis taken off for the whole scan (and put back at the end): vmapped over an axis of size
-    1, the reference config's block compiled 3 s longer on XLA:CPU and its update ran 8% slower (bench/README.md,
-    "One seed is not vmapped"). The same arithmetic either way; off inside the training `cond` only, the
-    optimizer's moments were no longer written in place and the skip branch copied them at every step."""
+    1, XLA:CPU compiled the block longer and ran the update slower (bench/README.md, "One seed is not
+    vmapped"). The same arithmetic either way; off inside the training `cond` only, the optimizer's moments were
+    no longer written in place and the skip branch copied them at every step."""
     c = config
     scan, cond, compiled = drivers
     per_seed_act, per_seed_store = make_act(agent), make_store(agent)

@@ -5,7 +5,7 @@ Importing JAX, haiku and gymnax takes several seconds; a mistake in the command 
 (unknown key, wrong type, value out of range) is reported before that, in a fraction of a second.
 Mistakes that need the environment's registry (an unknown env id) are reported by `experiment.run_command`.
 
-Compiling the block takes 15-25 s on two CPU cores for the reference config. A resumed run, or another run
+Compiling the block takes tens of seconds on two CPU cores for the reference config. A resumed run, or another run
 with the same config and seed count, compiles the very same programs, so the scripts keep them in JAX's
 persistent compilation cache: by default `$XDG_CACHE_HOME/dreamer-jax/xla` (`~/.cache/dreamer-jax/xla`).
 A loaded program is the compiled one, so the numbers do not change. JAX runs what it loads from there, so the

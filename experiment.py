@@ -6,7 +6,7 @@ import json
 import os
 import sys
 import time
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +15,6 @@ import numpy as np
 import checkpoint
 from agent_environment_interaction_loop import (PYTHON_DRIVERS, BlockMetrics, compiler_options, jit_block,
                                                 make_block_function)
-from cli import checked_command_line
 from config import Config, ConfigError, config_to_dict, sweep_variants, variant_name
 from environments import environment_from_config, seed_environments
 from initialization import (NUMERICAL_FAULT, NUMERICAL_FAULT_LOSSES, RunState, check_observations, initial_hparams,
@@ -77,9 +76,8 @@ def initial_state(config: Config, agent, envs, seed: int) -> RunState:
 
 
 def jit_diagnose(agent):
-    """The seeds' model diagnostics (params, replay, keys with a seed axis -> statistics), vmapped and jitted with
-    LLVM at level 1 as the training programs are (reference config: compiled in 6.4 s against 8.3 s at the
-    default level, and as fast)."""
+    """The runs' model diagnostics (params, hparams, replay, keys with a run axis -> statistics), vmapped and
+    jitted with LLVM at level 1 as the training programs are (it compiles faster and runs as fast)."""
     return jax.jit(jax.vmap(agent.diagnose), compiler_options=compiler_options())
 
 
@@ -315,14 +313,9 @@ def print_summary(result: dict, seed: int) -> None:
         print(f"{variant}seed {runs.seeds[i]}: {episodes} episodes, mean return over the last {len(recent)}: {mean}")
 
 
-def main(argv: Sequence[str] | None, description: str, single_seed: bool) -> int:
-    """Parses a command line and runs it (the entry scripts go through cli.script_main, which parses first)."""
-    parsed = checked_command_line(argv, description, single_seed)
-    return 2 if parsed is None else run_command(*parsed)
-
-
 def run_command(args: argparse.Namespace, config: Config) -> int:
-    """Runs a parsed command line: the environment and checkpoint checks (one sentence, exit 2, nothing
+    """Runs a command line parsed and checked by `cli.script_main` (the scripts' entry, which imports this
+    module only then): the environment and checkpoint checks (one sentence, exit 2, nothing
     written), then the run itself (a NumericalFault: one sentence, exit NUMERICAL_FAULT_EXIT_CODE)."""
     resume = None
     try:

@@ -15,7 +15,8 @@ from config import Config, ConfigError, sweep_variants
 from environments import EnvSpec
 from losses_and_evaluation import actor_critic_losses, imagine, observe_step, world_model_loss
 from losses_and_evaluation import DIAGNOSTIC_SEQUENCES, model_diagnostics
-from networks import latent_noise, latent_size, make_actor_critic, make_world_model, policy_logits
+from distributions import Categorical, latents
+from networks import make_actor_critic, make_world_model
 from replay_buffer import ReplayBuffer, init_buffer, pack_frame, sample_sequences, unpack_frames
 
 
@@ -82,7 +83,7 @@ def make_optimizer(config: Config, learning_rate: float) -> optax.GradientTransf
     new parameter then reads only its old self, elementwise, and XLA writes it in place. (With the decay
     inside `optax.flatten`, XLA:GPU fused the parameters' concatenation into every parameter's update, so
     no update was in place and the skip-training branch of the loop's `cond` copied all parameters at every
-    acting step: 45 MB a seed.) The state has the layout of `optax.flatten(chain(clip, adamw))`."""
+    acting step.) The state has the layout of `optax.flatten(chain(clip, adamw))`."""
     flat = optax.flatten(optax.chain(optax.clip_by_global_norm(config.grad_clip),
                                      optax.scale_by_adam(eps=config.eps_adam)))
     decay = optax.add_decayed_weights(config.wd_adam)
@@ -164,7 +165,7 @@ def make_agent(config: Config, env) -> Agent:
         return OptStates(make_optimizer(rc, rc.model_alpha), make_optimizer(rc, rc.pi_alpha),
                          make_optimizer(rc, rc.V_alpha))
 
-    hidden, z_size = c.num_hidden_units, latent_size(c)
+    hidden, z_size = c.num_hidden_units, latents(c).size
 
     def init_state(key, env_state, first_obs, hparams=None) -> RunState:
         wm_key, actor_key, critic_key, run_key = jax.random.split(key, 4)
@@ -184,9 +185,10 @@ def make_agent(config: Config, env) -> Agent:
     def act(params: Params, hparams, h, obs, key):
         post_key, action_key = jax.random.split(key)
         embed = wm.embed(params.world_model, obs.astype(jnp.float32))
-        z, _ = observe_step(c, wm, params.world_model, h, embed, latent_noise(c, post_key, ()))
-        logits = policy_logits(with_run_values(c, hparams), actor.apply(params.actor, jnp.concatenate([h, z], -1)))
-        return jax.random.categorical(action_key, logits).astype(jnp.int32), z
+        z, _ = observe_step(c, wm, params.world_model, h, embed, latents(c).noise(post_key, ()))
+        policy = Categorical.from_logits(actor.apply(params.actor, jnp.concatenate([h, z], -1)),
+                             with_run_values(c, hparams).actor_unimix)
+        return policy.sample(action_key), z
 
     def next_h(params: Params, h, z, action, episode_end):
         return jnp.where(episode_end, 0.0, wm.transition(params.world_model, h, z, action))

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 
 from config import Config
-from networks import (WorldModel, categorical_from_uniform, latent_entropy, latent_kl, latent_kl_to_standard_normal,
-                      latent_noise, policy_logits, sample_latent_from_noise)
+from distributions import Bernoulli, Categorical, Normal, latents
+from networks import WorldModel
 
 
 class PosteriorStates(NamedTuple):
@@ -18,35 +18,27 @@ class PosteriorStates(NamedTuple):
 
 def observe_step(config: Config, wm: WorldModel, wm_params, h, embed, noise):
     """One RSSM posterior step, shared by acting and sequence observation: (h, embed) -> (z, posterior params).
-    `noise` is the sample's `latent_noise`."""
+    `noise` is the sample's noise (`Latents.noise`)."""
     posterior = wm.posterior(wm_params, h, embed)
-    return sample_latent_from_noise(config, noise, posterior), posterior
+    return latents(config).distribution(posterior).sample(noise), posterior
 
 
 def imagine_step(config: Config, wm: WorldModel, wm_params, h, z, action, noise):
     """One RSSM prior step, shared by imagination and the diagnostics' open-loop rollout: -> (next h, next prior z,
-    prior params). `noise` is the prior sample's `latent_noise`."""
+    prior params). `noise` is the prior sample's noise (`Latents.noise`)."""
     next_h = wm.transition(wm_params, h, z, action)
     prior = wm.prior(wm_params, next_h)
-    return next_h, sample_latent_from_noise(config, noise, prior), prior
-
-
-def bernoulli_log_prob(logits, target):
-    """t log σ(l) + (1 - t) log σ(-l), written with one log σ: log σ(-l) = log σ(l) - l. Its gradient in l is
-    exactly t - σ(l); XLA:CPU then evaluates one softplus per decoded pixel instead of two."""
-    return jax.nn.log_sigmoid(logits) - (1.0 - target) * logits
-
-
-def gaussian_log_prob(mean, log_std, target):
-    return -0.5 * ((target - mean) / jnp.exp(log_std)) ** 2 - log_std - 0.5 * jnp.log(2 * jnp.pi)
+    return next_h, latents(config).distribution(prior).sample(noise), prior
 
 
 def kl_balance_loss(config: Config, posterior, prior):
     """KL balancing: the prior is pulled toward the posterior with KL_prior_weight, the posterior toward the
-    prior with KL_posterior_weight. Returns (loss [...], KL(post || prior) [...])."""
+    prior with KL_posterior_weight. `posterior` and `prior` are latent parameters [..., P]. Returns
+    (loss [...], KL(post || prior) [...])."""
     sg = jax.lax.stop_gradient
-    kl_prior_side = latent_kl(config, sg(posterior), prior)
-    kl_posterior_side = latent_kl(config, posterior, sg(prior))
+    dist = latents(config).distribution
+    kl_prior_side = dist(sg(posterior)).kl(dist(prior))
+    kl_posterior_side = dist(posterior).kl(dist(sg(prior)))
     loss = config.KL_prior_weight * kl_prior_side + config.KL_posterior_weight * kl_posterior_side
     return loss, kl_prior_side
 
@@ -66,7 +58,7 @@ def observe_sequence(config: Config, wm: WorldModel, wm_params, obs, action, epi
         return jnp.where(end_t[:, None], 0.0, next_h), (h, z, next_h, posterior)
 
     time_major = lambda x: jnp.swapaxes(x, 0, 1)
-    noise = latent_noise(config, key, (action.shape[1], action.shape[0]))  # [T, B, ...], one draw for all steps
+    noise = latents(config).noise(key, (action.shape[1], action.shape[0]))  # [T, B, ...], one draw for all steps
     _, outs = jax.lax.scan(step, h0, (time_major(embed), time_major(action), time_major(episode_end), noise))
     h, z, next_h, posterior = jax.tree.map(time_major, outs)
     return h, z, next_h, wm.prior(wm_params, h), posterior
@@ -85,23 +77,19 @@ def world_model_loss(config: Config, wm: WorldModel, wm_params, batch, key):
 
     obs_pred = wm.decode(wm_params, jnp.concatenate([h, z], -1))  # [B, T, *obs]
     obs_axes = tuple(range(2, obs.ndim))
-    if c.binary_state:
-        obs_log_prob = jnp.sum(bernoulli_log_prob(obs_pred, obs), axis=obs_axes)
-    else:
-        obs_log_prob = jnp.sum(gaussian_log_prob(obs_pred, 0.0, obs), axis=obs_axes)
+    obs_dist = Bernoulli(obs_pred) if c.binary_state else Normal(obs_pred)
+    obs_log_prob = jnp.sum(obs_dist.log_prob(obs), axis=obs_axes)
 
     reward_out = wm.reward(wm_params, next_h)  # [B, T, 2]
     reward_log_std = reward_out[..., 1] if c.learn_reward_variance else 0.0
-    reward_log_prob = gaussian_log_prob(reward_out[..., 0], reward_log_std, batch.reward)
-    termination_logit = wm.termination(wm_params, next_h)
-    termination_log_prob = bernoulli_log_prob(termination_logit, batch.terminated.astype(jnp.float32))
+    reward_log_prob = Normal(reward_out[..., 0], reward_log_std).log_prob(batch.reward)
+    termination_log_prob = Bernoulli(wm.termination(wm_params, next_h)).log_prob(batch.terminated.astype(jnp.float32))
 
     kl_loss, kl = kl_balance_loss(c, posterior, prior)
-    entropy = latent_entropy(c, posterior)
-    if c.latent_type == "categorical":
-        entropy_term = -c.posterior_entropy_weight * entropy
-    else:
-        entropy_term = c.posterior_entropy_weight * latent_kl_to_standard_normal(c, posterior)
+    posterior_dist = latents(c).distribution(posterior)
+    entropy = posterior_dist.entropy()
+    # an entropy bonus for categorical latents, a KL to N(0, I) for Gaussian ones
+    entropy_term = c.posterior_entropy_weight * posterior_dist.regularizer()
 
     terms = {
         "observation_loss": -c.state_prediction_weight * obs_log_prob,
@@ -113,7 +101,7 @@ def world_model_loss(config: Config, wm: WorldModel, wm_params, batch, key):
     terms = {name: jnp.mean(value) for name, value in terms.items()}
     loss = sum(terms.values())
     metrics = {"model_loss": loss, **terms, "kl": jnp.mean(kl), "posterior_entropy": jnp.mean(entropy),
-               "prior_entropy": jnp.mean(latent_entropy(c, prior))}
+               "prior_entropy": jnp.mean(latents(c).distribution(prior).entropy())}
     return loss, (metrics, PosteriorStates(h, z))
 
 
@@ -147,14 +135,14 @@ def imagine(config: Config, wm: WorldModel, wm_params, actor_apply: Callable, ac
     def step(carry, noise_t):  # only what depends on the previous step stays in the scan
         h, z = carry
         action_u, latent_noise_t = noise_t
-        logits = policy_logits(config, actor_apply(actor_params, jnp.concatenate([h, z], -1)))
-        action = categorical_from_uniform(action_u, logits)
+        policy = Categorical.from_logits(actor_apply(actor_params, jnp.concatenate([h, z], -1)), config.actor_unimix)
+        action = policy.sample_from_uniform(action_u)
         next_h, next_z, _ = imagine_step(config, wm, wm_params, h, z, action, latent_noise_t)
         return (next_h, next_z), (next_h, next_z, action)
 
     steps = (horizon or config.rollout_length, start_h.shape[0])
     action_key, latent_key = jax.random.split(key)  # the noise of all steps, drawn before the scan
-    noise = jax.random.uniform(action_key, (*steps, 1)), latent_noise(config, latent_key, steps)
+    noise = jax.random.uniform(action_key, (*steps, 1)), latents(config).noise(latent_key, steps)
     _, (next_h, next_z, action) = jax.lax.scan(step, (start_h, start_z), noise)
     h = jnp.concatenate([start_h[None], next_h], 0)  # [K+1, N, H]
     feat = jnp.concatenate([h, jnp.concatenate([start_z[None], next_z], 0)], -1)
@@ -197,9 +185,9 @@ def actor_critic_losses(config: Config, actor_apply, critic_apply, actor_params,
     values = critic_apply(critic_params, feat[:-1])  # [K, N]
     critic_loss = jnp.mean(weights * 0.5 * (values - returns) ** 2)
 
-    log_probs = jax.nn.log_softmax(policy_logits(c, actor_apply(actor_params, feat[:-1])))  # [K, N, A]
-    action_log_prob = jnp.take_along_axis(log_probs, rollout.action[..., None], -1)[..., 0]
-    entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, -1)
+    policy = Categorical.from_logits(actor_apply(actor_params, feat[:-1]), c.actor_unimix)  # logits [K, N, A]
+    action_log_prob = policy.log_prob(rollout.action)
+    entropy = policy.entropy()
     advantage = returns - sg(values)
     if c.return_normalization:
         advantage = advantage / jnp.maximum(1.0, return_scale)
@@ -275,8 +263,9 @@ def model_diagnostics(config: Config, wm: WorldModel, wm_params, actor_apply: Ca
     termination_correct = ((wm.termination(wm_params, next_h) > 0) == batch.terminated).astype(jnp.float32)
     stats["termination_accuracy"] = jnp.mean(termination_correct)
     stats["termination_accuracy_terminal"] = masked_mean(termination_correct, batch.terminated)
-    stats["kl"] = jnp.mean(latent_kl(c, posterior, prior))
-    stats["posterior_entropy"] = jnp.mean(latent_entropy(c, posterior))
+    posterior_dist = latents(c).distribution(posterior)
+    stats["kl"] = jnp.mean(posterior_dist.kl(latents(c).distribution(prior)))
+    stats["posterior_entropy"] = jnp.mean(posterior_dist.entropy())
 
     horizon = min(c.rollout_length, seq_len)
     start = seq_len - horizon
@@ -297,7 +286,7 @@ def model_diagnostics(config: Config, wm: WorldModel, wm_params, actor_apply: Ca
         outs = wm.reward(wm_params, next_h_t)[..., 0], jax.nn.sigmoid(-wm.termination(wm_params, next_h_t))
         return (next_h_t, next_z_t), outs
 
-    open_loop_inputs = (window(batch.action), latent_noise(c, open_loop_key, (horizon, batch_size)))
+    open_loop_inputs = (window(batch.action), latents(c).noise(open_loop_key, (horizon, batch_size)))
     _, (open_loop_reward, open_loop_cont) = jax.lax.scan(open_loop_step, (start_h, start_z), open_loop_inputs)
     open_loop_return = discounted_sum(open_loop_reward, continuation_weights(open_loop_cont) * real_steps, c.discount)
 

@@ -98,7 +98,8 @@ def bench_seeds(config, env, num_seeds: int, steps: int, repeats: int) -> dict:
     replay_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state.replay)) // config.num_runs
     device_stats = device_memory_stats()  # empty on CPU
     variants = [variant_name(v) for v in sweep_variants(config)] if config.sweep else None
-    return {"seeds": num_seeds, "variants": variants, "runs": config.num_runs, "programs_compiled": programs, "acting_s_per_step": acting_s / steps, "training_s_per_step": training_s / steps,
+    return {"seeds": num_seeds, "variants": variants, "runs": config.num_runs, "programs_compiled": programs,
+            "acting_s_per_step": acting_s / steps, "training_s_per_step": training_s / steps,
             "updates_per_training_block": updates_per_block,
             "compile_s": compile_s, "lower_s": lower_s, "replay_bytes_per_seed": replay_bytes,
             "update_seed_batch": update_seed_batch(config.update_seed_batch, config.num_runs,

@@ -34,7 +34,8 @@ from config import load_config  # noqa: E402
 from environments import environment_from_config  # noqa: E402
 from initialization import make_agent  # noqa: E402
 from losses_and_evaluation import actor_critic_losses, imagine, world_model_loss  # noqa: E402
-from networks import latent_size, make_actor_critic, make_world_model  # noqa: E402
+from distributions import latents  # noqa: E402
+from networks import make_actor_critic, make_world_model  # noqa: E402
 from replay_buffer import add, sample_sequences, unpack_frames  # noqa: E402
 
 
@@ -137,7 +138,7 @@ def main(argv=None):
     wm_step = jax.jit(wm_grad, compiler_options=options)
     (_, (_, posterior)), _ = wm_step(params.world_model, batch, key)
     start_h = posterior.h.reshape(-1, c.num_hidden_units)
-    start_z = posterior.z.reshape(-1, latent_size(c))
+    start_z = posterior.z.reshape(-1, latents(c).size)
 
     def actor_critic_step(params, start_h, start_z, key):
         rollout = imagine(c, wm, params.world_model, actor.apply, params.actor, start_h, start_z, key)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import checkpoint
+import cli
 import experiment
 from agent_environment_interaction_loop import jit_block, make_block_function
 from config import load_config
@@ -29,7 +30,7 @@ COMMON = ["-c", DEBUG, "--wandb", "disabled", "--no_progress", "--set", "checkpo
 
 
 def run_main(*args, single_seed=False) -> int:
-    return experiment.main([*COMMON, *args], description="test", single_seed=single_seed)
+    return cli.script_main([*COMMON, *args], description="test", single_seed=single_seed)
 
 
 def start_script(*args, sleep_in_save: float):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import experiment
+import cli
 from config import Config
 from losses_and_evaluation import model_diagnostics, through_first_episode_end
 from networks import WorldModel
@@ -142,7 +142,7 @@ def test_short_run_writes_diag_fields(tmp_path):
     out = tmp_path / "run.out"
     argv = ["-c", os.path.join(ROOT, "configs", "debug.json"), "--wandb", "disabled", "--no_progress",
             "--save_checkpoint", "", "-o", str(out), "--set", "num_steps=150"]
-    assert experiment.main(argv, description="test", single_seed=False) == 0
+    assert cli.script_main(argv, description="test", single_seed=False) == 0
     records = [json.loads(line) for line in open(out)]
     assert [r["env_steps"] for r in records] == [50, 100, 150]
     assert not any(k.startswith("diag_") for r in records[:2] for k in r)  # training starts after step 100

@@ -14,11 +14,37 @@ import numpy as np
 import pytest
 
 from config import load_config
-from losses_and_evaluation import (ImaginedRollout, actor_critic_losses, bernoulli_log_prob, gaussian_log_prob,
-                                   imagine, kl_balance_loss, lambda_returns, world_model_loss)
-from networks import (latent_entropy, latent_kl, latent_kl_to_standard_normal, latent_noise, latent_param_size,
-                      latent_size, make_actor_critic, make_world_model)
+from distributions import Bernoulli, Normal, latents
+from losses_and_evaluation import (ImaginedRollout, actor_critic_losses, imagine, kl_balance_loss, lambda_returns,
+                                   world_model_loss)
+from networks import make_actor_critic, make_world_model
 from replay_buffer import SequenceBatch
+
+
+# The latent distributions' pieces as functions of the config and raw parameters, as the tests below use them.
+def latent_param_size(config):
+    return latents(config).param_size
+
+
+def latent_size(config):
+    return latents(config).size
+
+
+def latent_noise(config, key, batch_shape):
+    return latents(config).noise(key, batch_shape)
+
+
+def latent_kl(config, p, q):
+    return latents(config).distribution(p).kl(latents(config).distribution(q))
+
+
+def latent_entropy(config, params):
+    return latents(config).distribution(params).entropy()
+
+
+def latent_kl_to_standard_normal(config, params):
+    return latents(config).distribution(params).kl_to_standard_normal()
+
 
 DEBUG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "debug.json")
 OBS_SHAPE = (5,)  # a flat observation: MLP encoder and decoder, the cheapest world model to build
@@ -116,7 +142,7 @@ def np_gaussian_cross_entropy(mean_p, std_p, mean_q, std_q):
 
 def np_latent_kl(config, params_p, params_q):
     """KL(p || q) summed over the latent variables, [...]: sum p log(p/q) for categoricals, cross-entropy minus
-    entropy for Gaussians (a different route from the closed form in networks.py)."""
+    entropy for Gaussians (a different route from the closed form in distributions.py)."""
     if config.latent_type == "categorical":
         p, q = np_categorical_probs(config, params_p), np_categorical_probs(config, params_q)
         return np.sum(p * (np.log(p) - np.log(q)), axis=(-2, -1))
@@ -174,8 +200,8 @@ def assert_some_nonzero(tree, what=""):
 def test_bernoulli_and_gaussian_log_probs_match_their_definitions():
     logits = np.array([-30.0, -3.0, -0.5, 0.0, 0.7, 4.0, 30.0])
     # value and d/dl log p = t - σ(l), the gradient the observation and termination heads follow
-    bernoulli = jax.jit(jax.value_and_grad(lambda l, t: jnp.sum(bernoulli_log_prob(l, t))))
-    elementwise = jax.jit(bernoulli_log_prob)
+    bernoulli = jax.jit(jax.value_and_grad(lambda l, t: jnp.sum(Bernoulli(l).log_prob(t))))
+    elementwise = jax.jit(lambda l, t: Bernoulli(l).log_prob(t))
     for target in (0.0, 1.0):
         targets = np.full(logits.shape, target, np.float32)
         np.testing.assert_allclose(elementwise(jnp.asarray(logits, jnp.float32), targets),
@@ -186,7 +212,7 @@ def test_bernoulli_and_gaussian_log_probs_match_their_definitions():
     mean = np.array([0.3, -1.0, 2.0, 0.0])
     log_std = np.array([0.0, -0.5, 0.4, 1.2])
     target = np.array([0.1, 0.5, -1.0, 3.0])
-    gaussian = jax.jit(gaussian_log_prob)
+    gaussian = jax.jit(lambda mean, log_std, x: Normal(mean, log_std).log_prob(x))
     np.testing.assert_allclose(gaussian(*(jnp.asarray(a, jnp.float32) for a in (mean, log_std, target))),
                                np_gaussian_log_prob(mean, np.exp(log_std), target), rtol=1e-5)
     # a fixed log std of 0 (the default reward head and the non-binary decoder) is the unit-variance Gaussian

@@ -12,9 +12,38 @@ import pytest
 from config import Config
 from initialization import make_optimizer
 from losses_and_evaluation import kl_balance_loss, lambda_returns, world_model_loss
-from networks import (categorical_from_uniform, latent_entropy, latent_kl, latent_noise, latent_param_size,
-                      latent_size, make_world_model, sample_latent_from_noise)
+from distributions import Categorical, latents
+from networks import make_world_model
 from replay_buffer import SequenceBatch
+
+
+# The latent distributions' pieces as functions of the config and raw parameters, as the tests below use them.
+def latent_param_size(config):
+    return latents(config).param_size
+
+
+def latent_size(config):
+    return latents(config).size
+
+
+def latent_noise(config, key, batch_shape):
+    return latents(config).noise(key, batch_shape)
+
+
+def sample_latent_from_noise(config, noise, params):
+    return latents(config).distribution(params).sample(noise)
+
+
+def latent_kl(config, p, q):
+    return latents(config).distribution(p).kl(latents(config).distribution(q))
+
+
+def latent_entropy(config, params):
+    return latents(config).distribution(params).entropy()
+
+
+def latent_kl_to_standard_normal(config, params):
+    return latents(config).distribution(params).kl_to_standard_normal()
 
 
 def test_lambda_returns_hand_computed_with_termination_in_the_middle():
@@ -80,10 +109,10 @@ def test_categorical_samples_follow_the_latent_distribution():
     assert freq[1, 1] == 0 and freq[1, 2] == 0  # zero-probability classes are never drawn
 
 
-def test_categorical_from_uniform_follows_the_softmax():
+def test_policy_samples_from_uniforms_follow_the_softmax():
     probs = jnp.array([0.1, 0.0, 0.6, 0.3])
     u = jax.random.uniform(jax.random.PRNGKey(3), (20000, 1))
-    classes = categorical_from_uniform(u, jnp.broadcast_to(jnp.log(probs + 1e-30), (20000, 4)))
+    classes = Categorical.from_logits(jnp.broadcast_to(jnp.log(probs + 1e-30), (20000, 4))).sample_from_uniform(u)
     freq = np.bincount(np.asarray(classes), minlength=4) / 20000
     np.testing.assert_allclose(freq, probs, atol=0.015)  # ~4 standard errors
     assert freq[1] == 0
@@ -140,50 +169,6 @@ def test_rssm_and_world_model_loss_shapes(obs_shape, no_conv, latent_type):
     assert all(np.isfinite(v) for v in metrics.values())
 
 
-# the patch form (C <= F) and the kernel-row form (C > F), also on a one-row image (no row above or below)
-@pytest.mark.parametrize("channels,filters,height", [(3, 5, 10), (7, 2, 10), (7, 2, 1)])
-def test_conv3x3_matches_haiku_conv2d_same_padding(channels, filters, height):
-    import haiku as hk
-
-    from networks import Conv3x3
-    ours = hk.without_apply_rng(hk.transform(lambda x: Conv3x3(filters, name="conv")(x)))
-    reference = hk.without_apply_rng(hk.transform(lambda x: hk.Conv2D(filters, 3, padding="SAME", name="conv")(x)))
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, height, 7, channels))
-    params = reference.init(jax.random.PRNGKey(1), x)
-    params = jax.tree.map(lambda p: p + 0.1, params)  # a nonzero bias too
-    assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == jax.tree.map(jnp.shape, params)
-    np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), atol=1e-5)
-    grad = lambda f: jax.grad(lambda p, x: jnp.sum(jnp.sin(f.apply(p, x))), argnums=(0, 1))(params, x)
-    for a, b in zip(jax.tree.leaves(grad(ours)), jax.tree.leaves(grad(reference))):
-        np.testing.assert_allclose(a, b, atol=1e-4)
-
-
-# rows divisible by the 10 chunks, by 5 of them (the divisor taken), and by none (one chunk)
-@pytest.mark.parametrize("rows", [40, 15, 7])
-def test_pixel_matmul_gradients_match_the_plain_matmul(rows):
-    from networks import pixel_matmul
-    key_x, key_w = jax.random.split(jax.random.PRNGKey(0))
-    x, w = jax.random.normal(key_x, (rows, 6)), jax.random.normal(key_w, (6, 4))
-    np.testing.assert_array_equal(pixel_matmul(x, w), x @ w)
-    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
-    ours = jax.grad(loss(pixel_matmul), argnums=(0, 1))(x, w)
-    plain = jax.grad(loss(lambda x, w: x @ w), argnums=(0, 1))(x, w)
-    for a, b in zip(ours, plain):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-
-
-def test_elu_matches_jax_nn_elu_with_its_gradient():
-    from networks import elu
-    x = jnp.concatenate([jnp.linspace(-30.0, 5.0, 701), jnp.array([0.0, -0.0, 1e-30, -1e-30])])
-    # exp(x) - 1 where jax.nn.elu takes expm1(x): equal to within exp's float32 rounding near 1, never below -1
-    np.testing.assert_allclose(elu(x), jax.nn.elu(x), rtol=1e-6, atol=1.2e-7)
-    np.testing.assert_array_equal(elu(x)[x > 0], x[x > 0])
-    assert float(jnp.min(elu(x))) >= -1.0
-    slope = jax.grad(lambda x: jnp.sum(jnp.cos(x) * elu(x)))(x)
-    np.testing.assert_allclose(slope, jax.grad(lambda x: jnp.sum(jnp.cos(x) * jax.nn.elu(x)))(x), rtol=1e-6, atol=1e-7)
-    assert float(jax.grad(elu)(0.0)) == 1.0 and float(jax.grad(elu)(-50.0)) == 0.0
-
-
 def test_mlp_on_leading_axes_matches_the_same_mlp_row_by_row():
     import haiku as hk
 
@@ -195,36 +180,6 @@ def test_mlp_on_leading_axes_matches_the_same_mlp_row_by_row():
     assert out.shape == (2, 3, 3)
     np.testing.assert_allclose(out, jax.vmap(lambda row: net.apply(params, row))(x.reshape(6, 1, 5)).reshape(2, 3, 3),
                                atol=1e-6)
-
-
-# block first (transition) / after h (features); rows summed in blocks of 50 (none here: only the rows left
-# over), of 4 (12 rows: three blocks) or of 4 with 2 rows left over (6 rows)
-@pytest.mark.parametrize("start,lead,block_rows", [(0, (6,), 50), (5, (3, 4), 50), (5, (3, 4), 4), (0, (6,), 4)])
-def test_one_hot_block_linear_matches_haiku_linear(start, lead, block_rows, monkeypatch):
-    import haiku as hk
-
-    import networks
-    from networks import Linear
-    monkeypatch.setattr(networks, "GATHER_MIN_ROWS", 1)  # the gathering form for these few rows too
-    monkeypatch.setattr(networks, "GATHER_BLOCK_ROWS", block_rows)
-    groups, width, rest = 4, 3, 5
-    key_z, key_x, key_g, key_p = jax.random.split(jax.random.PRNGKey(0), 4)
-    logits = jax.random.normal(key_z, (*lead, groups, width))
-    z = sample_latent(Config(num_features=groups, feature_width=width), key_g, logits.reshape(*lead, -1))
-    z = z.reshape(*lead, groups, width).at[..., 1, :].set(0.0).reshape(*lead, -1)  # a vector with no non-zero entry
-    dense = jax.random.normal(key_x, (*lead, rest))
-    x = jnp.concatenate([dense[..., :start], z, dense[..., start:]], -1)
-    ours = hk.without_apply_rng(hk.transform(lambda x: Linear(7, (start, groups, width))(x)))
-    reference = hk.without_apply_rng(hk.transform(lambda x: hk.Linear(7)(x)))
-    params = reference.init(key_p, x)
-    jax.tree.map(np.testing.assert_array_equal, ours.init(key_p, x), params)  # the same initialisation
-    params = jax.tree.map(lambda p: p + 0.1, params)  # a nonzero bias too
-    np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), atol=1e-5)
-    grad = lambda f: jax.grad(lambda p, x: jnp.sum(jnp.sin(f.apply(p, x))), argnums=(0, 1))(params, x)
-    for a, b in zip(jax.tree.leaves(grad(ours)), jax.tree.leaves(grad(reference))):
-        np.testing.assert_allclose(a, b, atol=1e-5)
-    batched = jax.vmap(ours.apply, in_axes=(None, 0))(params, x)  # seeds are vmapped
-    np.testing.assert_allclose(batched, reference.apply(params, x), atol=1e-5)
 
 
 def test_flat_optimizer_matches_the_same_recipe_leaf_by_leaf():

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import checkpoint
+import cli
 import experiment
 import initialization
 from agent_environment_interaction_loop import BlockMetrics
@@ -151,8 +152,8 @@ def file_hash(path) -> str:
 
 
 def _poisoned_command(monkeypatch, tmp_path, name: str, seed: int, poisoned_seed: int, *args, single_seed=False):
-    """Runs the debug config (200 env steps, checkpoints every 50) through experiment.main with NaN rewards for
-    `poisoned_seed` from NAN_FROM_STEP on. Returns (exit code, output records, [(env step, SHA-256) of each
+    """Runs the debug config (200 env steps, checkpoints every 50) through cli.script_main (the scripts' entry)
+    with NaN rewards for `poisoned_seed` from NAN_FROM_STEP on. Returns (exit code, output records, [(env step, SHA-256) of each
     checkpoint saved], checkpoint path)."""
     num_seeds = 1 if single_seed else 2
     env_keys = experiment._seed_keys(dataclasses.replace(load_config(DEBUG), num_seeds=num_seeds), seed)[1]
@@ -166,7 +167,7 @@ def _poisoned_command(monkeypatch, tmp_path, name: str, seed: int, poisoned_seed
 
     monkeypatch.setattr(checkpoint, "save", save)
     ckpt, out = tmp_path / f"{name}.ckpt", tmp_path / f"{name}.out"
-    code = experiment.main(["-c", DEBUG, "-s", str(seed), "-o", str(out), "--save_checkpoint", str(ckpt),
+    code = cli.script_main(["-c", DEBUG, "-s", str(seed), "-o", str(out), "--save_checkpoint", str(ckpt),
                             "--wandb", "disabled", "--no_progress", "--set", "checkpoint_frequency=50",
                             "--set", f"num_seeds={num_seeds}", *args], "test", single_seed=single_seed)
     return code, [json.loads(line) for line in open(out)], saved, ckpt

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from agent_environment_interaction_loop import PYTHON_DRIVERS, make_block_function, python_cond, python_scan
+from cli import script_main as main
 from config import ConfigError, load_config
 from environments import PythonEnvironments, environment_from_config, make_environment, seed_environments
-from experiment import initial_state, main, run
+from experiment import initial_state, run
 from initialization import make_agent
 
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-import experiment
+import cli
 import plot_metric
 from config import SWEEPABLE_KEYS, ConfigError, load_config, sweep_variants, variant_name, with_sweep
 from tracking import Tracker
@@ -24,7 +24,7 @@ WALL_CLOCK = ("steps_per_second",)
 
 
 def run_main(*args, single_seed=False) -> int:
-    return experiment.main([*COMMON, *args], description="test", single_seed=single_seed)
+    return cli.script_main([*COMMON, *args], description="test", single_seed=single_seed)
 
 
 def records(path) -> list[dict]:

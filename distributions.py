@@ -1,0 +1,230 @@
+"""The probability distributions of the agent, as small immutable objects (pytrees, so they pass through jit,
+vmap and stop_gradient): the latent variables' (categorical with straight-through samples, or diagonal
+Gaussian), the observation and reward likelihoods (Bernoulli, Gaussian with fixed or learned variance) and the
+discrete policy. Each offers what the losses use of it: sample, log_prob, entropy, kl, mode.
+
+Samples are drawn from noise passed in, not from a key: a scan over time takes all its steps' noise as one
+input drawn before it (`Latents.noise`), which on CPU is far cheaper than a draw per step.
+
+`latents(config)` is the one place that reads `latent_type`. A new distribution (two-hot, bounded normal, a
+categorical mixed with the uniform) is a new class here."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from config import Config
+
+
+def inverse_cdf_sample(u, probs):
+    """Class indices [...] drawn from probs [..., W] with one uniform number u [..., 1] per variable.
+
+    The same distribution as Gumbel-max (jax.random.categorical), which needs W random numbers per variable. The
+    CDF is a tiny matmul with a triangular matrix (faster than cumsum on XLA:CPU)."""
+    width = probs.shape[-1]
+    cdf = probs @ np.triu(np.ones((width, width), np.float32)).astype(probs.dtype)  # [..., W], cdf[..., -1] ~= 1
+    return jnp.minimum(jnp.sum(cdf < u * cdf[..., -1:], -1), width - 1)
+
+
+class OneHotCategorical(NamedTuple):
+    """F independent categorical variables of W classes each, log_probs [..., F, W] (normalised). Samples are
+    one-hot vectors flattened to [..., F*W], with straight-through gradients to the probabilities."""
+
+    log_probs: jax.Array
+
+    @classmethod
+    def from_logits(cls, logits, num: int, width: int) -> "OneHotCategorical":
+        """From unnormalised logits [..., F*W]."""
+        return cls(jax.nn.log_softmax(logits.reshape(*logits.shape[:-1], num, width), axis=-1))
+
+    def sample(self, noise):
+        """One-hot sample [..., F*W] from uniforms noise [..., F, 1]; its gradient is that of the probabilities."""
+        probs = jnp.exp(self.log_probs)
+        one_hot = jax.nn.one_hot(inverse_cdf_sample(noise, probs), probs.shape[-1], dtype=probs.dtype)
+        sample = one_hot + probs - jax.lax.stop_gradient(probs)
+        return sample.reshape(*sample.shape[:-2], -1)
+
+    def log_prob(self, sample):
+        """log p(sample) [...] of a flattened one-hot sample, summed over the variables."""
+        return jnp.sum(sample.reshape(self.log_probs.shape) * self.log_probs, axis=(-2, -1))
+
+    def entropy(self):
+        """[...], summed over the variables."""
+        return -jnp.sum(jnp.exp(self.log_probs) * self.log_probs, axis=(-2, -1))
+
+    def kl(self, other: "OneHotCategorical"):
+        """KL(self || other) [...], summed over the variables."""
+        return jnp.sum(jnp.exp(self.log_probs) * (self.log_probs - other.log_probs), axis=(-2, -1))
+
+    def mode(self):
+        """The most likely one-hot vector [..., F*W]."""
+        mode = jax.nn.one_hot(jnp.argmax(self.log_probs, -1), self.log_probs.shape[-1], dtype=self.log_probs.dtype)
+        return mode.reshape(*mode.shape[:-2], -1)
+
+    def regularizer(self):
+        """What the posterior-entropy term minimises: the negative entropy (an entropy bonus)."""
+        return -self.entropy()
+
+
+class DiagonalNormal(NamedTuple):
+    """Independent Gaussians, mean and std [..., F]."""
+
+    mean: jax.Array
+    std: jax.Array
+
+    @classmethod
+    def from_params(cls, params, min_std: float = 0.1) -> "DiagonalNormal":
+        """From [..., 2F] network outputs: the mean, and a raw std mapped to softplus(raw) + min_std."""
+        mean, raw_std = jnp.split(params, 2, axis=-1)
+        return cls(mean, jax.nn.softplus(raw_std) + min_std)
+
+    def sample(self, noise):
+        """Reparameterised sample [..., F] from standard normals noise [..., F]."""
+        return self.mean + self.std * noise
+
+    def log_prob(self, x):
+        """[...], summed over the variables."""
+        return jnp.sum(-0.5 * ((x - self.mean) / self.std) ** 2 - jnp.log(self.std) - 0.5 * jnp.log(2 * jnp.pi), -1)
+
+    def entropy(self):
+        """[...], summed over the variables."""
+        return jnp.sum(0.5 * jnp.log(2 * jnp.pi * jnp.e * self.std**2), axis=-1)
+
+    def kl(self, other: "DiagonalNormal"):
+        """KL(self || other) [...], summed over the variables."""
+        kl = (jnp.log(other.std / self.std) + (self.std**2 + (self.mean - other.mean) ** 2) / (2 * other.std**2)
+              - 0.5)
+        return jnp.sum(kl, axis=-1)
+
+    def kl_to_standard_normal(self):
+        """KL(self || N(0, I)) [...]."""
+        return jnp.sum(0.5 * (self.std**2 + self.mean**2 - 1.0) - jnp.log(self.std), axis=-1)
+
+    def mode(self):
+        return self.mean
+
+    def regularizer(self):
+        """What the posterior-entropy term minimises: the KL to N(0, I) (a Gaussian's entropy is unbounded)."""
+        return self.kl_to_standard_normal()
+
+
+class CategoricalLatents(NamedTuple):
+    """The latent space of `num` categorical variables of `width` classes: parameters are logits [..., num*width],
+    samples one-hot [..., num*width]."""
+
+    num: int
+    width: int
+
+    @property
+    def param_size(self) -> int:
+        return self.num * self.width
+
+    @property
+    def size(self) -> int:
+        return self.num * self.width
+
+    def distribution(self, params) -> OneHotCategorical:
+        return OneHotCategorical.from_logits(params, self.num, self.width)
+
+    def noise(self, key, batch_shape: tuple):
+        """Uniforms [*batch_shape, num, 1]: one per variable (`OneHotCategorical.sample`)."""
+        return jax.random.uniform(key, (*batch_shape, self.num, 1))
+
+    def one_hot_block(self, start: int) -> tuple[int, int, int] | None:
+        """Where a sample sits in a layer's input that holds it from column `start` (kernels.one_hot_matmul)."""
+        return start, self.num, self.width
+
+
+class GaussianLatents(NamedTuple):
+    """The latent space of `num` Gaussian variables: parameters [..., 2*num] (mean, raw std), samples [..., num]."""
+
+    num: int
+
+    @property
+    def param_size(self) -> int:
+        return 2 * self.num
+
+    @property
+    def size(self) -> int:
+        return self.num
+
+    def distribution(self, params) -> DiagonalNormal:
+        return DiagonalNormal.from_params(params)
+
+    def noise(self, key, batch_shape: tuple):
+        """Standard normals [*batch_shape, num]."""
+        return jax.random.normal(key, (*batch_shape, self.num))
+
+    def one_hot_block(self, start: int) -> None:
+        return None
+
+
+def latents(config: Config) -> CategoricalLatents | GaussianLatents:
+    """The latent space the config asks for (`latent_type`)."""
+    if config.latent_type == "categorical":
+        return CategoricalLatents(config.num_features, config.feature_width)
+    return GaussianLatents(config.num_features)
+
+
+class Bernoulli(NamedTuple):
+    """Independent binary variables with logits [...]."""
+
+    logits: jax.Array
+
+    def log_prob(self, target):
+        """t log σ(l) + (1 - t) log σ(-l) [...], written with one log σ: log σ(-l) = log σ(l) - l. Its gradient in
+        l is exactly t - σ(l), and XLA:CPU evaluates one softplus per decoded pixel instead of two."""
+        return jax.nn.log_sigmoid(self.logits) - (1.0 - target) * self.logits
+
+    def mode(self):
+        return (self.logits > 0).astype(self.logits.dtype)
+
+
+class Normal(NamedTuple):
+    """Independent Gaussians [...] with mean and log std (a fixed log std of 0: unit variance)."""
+
+    mean: jax.Array
+    log_std: jax.Array | float = 0.0
+
+    def log_prob(self, x):
+        """[...], elementwise."""
+        return -0.5 * ((x - self.mean) / jnp.exp(self.log_std)) ** 2 - self.log_std - 0.5 * jnp.log(2 * jnp.pi)
+
+    def mode(self):
+        return self.mean
+
+
+class Categorical(NamedTuple):
+    """A categorical distribution over A actions. `logits` [..., A] are unnormalised, `log_probs` their
+    normalisation; build it with `from_logits`, which can mix in the uniform distribution (DreamerV3's unimix)."""
+
+    logits: jax.Array
+    log_probs: jax.Array
+
+    @classmethod
+    def from_logits(cls, logits, unimix=0.0) -> "Categorical":
+        """Probabilities (1 - unimix) softmax(logits) + unimix / A; the logits as they are where unimix is the
+        number 0 (a swept value is an array: mixed even where it is 0)."""
+        if isinstance(unimix, jax.Array) or unimix != 0:
+            logits = jnp.log((1.0 - unimix) * jax.nn.softmax(logits, -1) + unimix / logits.shape[-1])
+        return cls(logits, jax.nn.log_softmax(logits))
+
+    def sample(self, key):
+        """Action indices [...] by Gumbel-max (jax.random.categorical)."""
+        return jax.random.categorical(key, self.logits).astype(jnp.int32)
+
+    def sample_from_uniform(self, u):
+        """Action indices [...] from uniforms u [..., 1] (`inverse_cdf_sample`)."""
+        return inverse_cdf_sample(u, jax.nn.softmax(self.logits, -1))
+
+    def log_prob(self, action):
+        """log π(action) [...] of integer actions [...]."""
+        return jnp.take_along_axis(self.log_probs, action[..., None], -1)[..., 0]
+
+    def entropy(self):
+        return -jnp.sum(jnp.exp(self.log_probs) * self.log_probs, -1)
+
+    def mode(self):
+        return jnp.argmax(self.logits, -1).astype(jnp.int32)
