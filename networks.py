@@ -98,6 +98,13 @@ def encoder_output_size(config: Config, obs_shape: tuple[int, ...]) -> int:
     return height * width * config.num_conv_filters * 2 ** (config.conv_depth - 1)
 
 
+def check_trailing_shape(what: str, x, shape: tuple[int, ...]) -> None:
+    """Refuses, when tracing, an input whose trailing axes are not `shape`: a wrong width would otherwise be
+    met far away (a parameter of another shape, or a silent broadcast)."""
+    if tuple(x.shape[x.ndim - len(shape):]) != tuple(shape) or x.ndim < len(shape):
+        raise ValueError(f"{what} must have shape [..., {', '.join(map(str, shape))}], got {list(x.shape)}")
+
+
 class Encoder(hk.Module):
     """Observation [..., *obs_shape] (float) -> embedding [..., E], E = encoder_output_size."""
 
@@ -107,6 +114,7 @@ class Encoder(hk.Module):
 
     def __call__(self, obs):
         c = self.config
+        check_trailing_shape("Encoder observation", obs, self.obs_shape)
         lead = obs.shape[: obs.ndim - len(self.obs_shape)]
         if not uses_conv(c, self.obs_shape):
             x = obs.reshape(*lead, -1)
@@ -127,6 +135,7 @@ class Decoder(hk.Module):
 
     def __call__(self, feat):
         c = self.config
+        check_trailing_shape("Decoder feature", feat, (c.num_hidden_units + latents(c).size,))
         lead = feat.shape[:-1]
         if not uses_conv(c, self.obs_shape):
             x = MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, int(np.prod(self.obs_shape)),
@@ -197,6 +206,8 @@ def make_world_model(config: Config, obs_shape: tuple[int, ...], num_actions: in
         termination_net = MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, 1, name="termination")
 
         def transition(h, z, action):
+            check_trailing_shape("transition h", h, (c.num_hidden_units,))
+            check_trailing_shape("transition z", z, (latents(c).size,))
             x = transition_input(jnp.concatenate([z, jax.nn.one_hot(action, num_actions, dtype=z.dtype)], -1))
             _, next_h = gru(x, h)
             return next_h
@@ -226,8 +237,14 @@ def make_actor_critic(config: Config, num_actions: int):
     """(actor, critic) haiku transforms: feature [..., H+Z] -> action logits [..., A] / value [...]. A categorical
     latent in the features must be a sample, as in `WorldModel`."""
     c = config
-    mlp = lambda output_size, name: MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, output_size,
-                                        latents(c).one_hot_block(c.num_hidden_units), name=name)  # features [h, z]
-    actor = hk.without_apply_rng(hk.transform(lambda feat: mlp(num_actions, "actor")(feat)))
-    critic = hk.without_apply_rng(hk.transform(lambda feat: mlp(1, "critic")(feat)[..., 0]))
+
+    def head(output_size: int, name: str):
+        def apply(feat):  # features [h, z]
+            check_trailing_shape(f"{name} feature", feat, (c.num_hidden_units + latents(c).size,))
+            return MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, output_size,
+                       latents(c).one_hot_block(c.num_hidden_units), name=name)(feat)
+        return apply
+
+    actor = hk.without_apply_rng(hk.transform(head(num_actions, "actor")))
+    critic = hk.without_apply_rng(hk.transform(lambda feat: head(1, "critic")(feat)[..., 0]))
     return actor, critic

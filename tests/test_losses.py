@@ -234,3 +234,18 @@ def test_the_optimizer_never_concatenates_the_parameters():
     # the gradients, by contrast, are concatenated: the flat part of the recipe is there
     flat = jax.make_jaxpr(lambda g: optimizer.update(g, state, params)[0])(grads)
     assert "concatenate" in {eqn.primitive.name for eqn in _depends_on_inputs(flat.jaxpr, set(flat.jaxpr.invars))}
+
+
+def test_networks_refuse_inputs_of_the_wrong_width_when_traced():
+    from networks import make_actor_critic
+    config = Config(num_features=4, feature_width=3, num_hidden_units=16, num_hidden_layers=1, no_conv=True)
+    wm = make_world_model(config, (5,), num_actions=3)
+    with pytest.raises(ValueError, match=r"Encoder observation must have shape \[\.\.\., 5\], got \[4\]"):
+        wm.init(jax.random.PRNGKey(0), jnp.zeros(4), jnp.zeros(16), jnp.zeros(12), 0)
+    params = wm.init(jax.random.PRNGKey(0), jnp.zeros(5), jnp.zeros(16), jnp.zeros(12), 0)
+    with pytest.raises(ValueError, match=r"transition z must have shape \[\.\.\., 12\], got \[2, 4\]"):
+        wm.transition(params, jnp.zeros((2, 16)), jnp.zeros((2, 4)), jnp.zeros(2, jnp.int32))
+    actor, _ = make_actor_critic(config, 3)
+    actor_params = actor.init(jax.random.PRNGKey(0), jnp.zeros(28))
+    with pytest.raises(ValueError, match=r"actor feature must have shape \[\.\.\., 28\]"):
+        actor.apply(actor_params, jnp.zeros((2, 16)))
