@@ -14,37 +14,13 @@ import numpy as np
 import pytest
 
 from config import load_config
-from distributions import Bernoulli, Normal, latents
+from distributions import Bernoulli, Normal
+from latent_functions import (latent_entropy, latent_kl, latent_kl_to_standard_normal, latent_noise,
+                              latent_param_size, latent_size)
 from losses_and_evaluation import (ImaginedRollout, actor_critic_losses, imagine, kl_balance_loss, lambda_returns,
                                    world_model_loss)
 from networks import make_actor_critic, make_world_model
 from replay_buffer import SequenceBatch
-
-
-# The latent distributions' pieces as functions of the config and raw parameters, as the tests below use them.
-def latent_param_size(config):
-    return latents(config).param_size
-
-
-def latent_size(config):
-    return latents(config).size
-
-
-def latent_noise(config, key, batch_shape):
-    return latents(config).noise(key, batch_shape)
-
-
-def latent_kl(config, p, q):
-    return latents(config).distribution(p).kl(latents(config).distribution(q))
-
-
-def latent_entropy(config, params):
-    return latents(config).distribution(params).entropy()
-
-
-def latent_kl_to_standard_normal(config, params):
-    return latents(config).distribution(params).kl_to_standard_normal()
-
 
 DEBUG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "debug.json")
 OBS_SHAPE = (5,)  # a flat observation: MLP encoder and decoder, the cheapest world model to build

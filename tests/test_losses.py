@@ -10,40 +10,13 @@ import optax
 import pytest
 
 from config import Config
+from distributions import Categorical
 from initialization import make_optimizer
+from latent_functions import (latent_entropy, latent_kl, latent_noise, latent_param_size, latent_size,
+                              sample_latent_from_noise)
 from losses_and_evaluation import kl_balance_loss, lambda_returns, world_model_loss
-from distributions import Categorical, latents
 from networks import make_world_model
 from replay_buffer import SequenceBatch
-
-
-# The latent distributions' pieces as functions of the config and raw parameters, as the tests below use them.
-def latent_param_size(config):
-    return latents(config).param_size
-
-
-def latent_size(config):
-    return latents(config).size
-
-
-def latent_noise(config, key, batch_shape):
-    return latents(config).noise(key, batch_shape)
-
-
-def sample_latent_from_noise(config, noise, params):
-    return latents(config).distribution(params).sample(noise)
-
-
-def latent_kl(config, p, q):
-    return latents(config).distribution(p).kl(latents(config).distribution(q))
-
-
-def latent_entropy(config, params):
-    return latents(config).distribution(params).entropy()
-
-
-def latent_kl_to_standard_normal(config, params):
-    return latents(config).distribution(params).kl_to_standard_normal()
 
 
 def test_lambda_returns_hand_computed_with_termination_in_the_middle():
