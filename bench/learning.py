@@ -25,6 +25,7 @@ import time
 from typing import Sequence
 
 import numpy as np
+from scipy.stats import trim_mean
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -130,15 +131,12 @@ def checked_environments(configs: dict[str, Config]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Statistics over seeds (NumPy only).
+# Statistics over seeds.
 
 def interquartile_mean(values, axis: int = -1):
     """Mean after cutting int(25% of n) values from each end along `axis` (scipy.stats.trim_mean(x, 0.25), as
     plot_metric.py computes it): with fewer than 4 values nothing is cut and it is the mean."""
-    values = np.sort(np.asarray(values, dtype=float), axis=axis)
-    count = values.shape[axis]
-    cut = int(0.25 * count)
-    return np.take(values, np.arange(cut, count - cut), axis=axis).mean(axis=axis)
+    return trim_mean(np.asarray(values, dtype=float), 0.25, axis=axis)
 
 
 def iqm_bootstrap_ci(values, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
