@@ -89,7 +89,8 @@ def make_act(agent: Agent) -> Callable:
 def make_store(agent: Agent) -> Callable:
     """Per-seed: store the transition (obs, action, env_output), move the RSSM carry and the episode counters
     to the next observation. `state` comes without the parts this does not update in place: training params
-    and optimizer states (passed in `params` where needed), env state and observation (replaced)."""
+    and optimizer states (passed in `params` where needed), env state and observation (replaced), and a
+    sweep's values."""
 
     def store(state: RunState, params, obs, action, z, env_output):
         env_state, next_obs, reward, terminated, truncated = env_output
@@ -313,10 +314,10 @@ def make_block_function(config: Config, agent: Agent, envs, num_steps: int,
             acting_params = state.params._replace(critic=None, target_critic=None)
             key, action, z, env_keys = act(acting_params, state.hparams, state.rssm_h, state.obs, state.key)
             env_output = env_step(env_keys, state.env_state, action)
-            interaction = state._replace(params=None, opt_states=None, env_state=None, obs=None, key=key)
+            interaction = state._replace(params=None, opt_states=None, env_state=None, obs=None, key=key, hparams=None)
             interaction, (episode_return, episode_end), trained, refresh = store(
                 interaction, acting_params, state.obs, action, z, env_output)
-            state = interaction._replace(params=state.params, opt_states=state.opt_states)
+            state = interaction._replace(params=state.params, opt_states=state.opt_states, hparams=state.hparams)
             state, train_metrics = cond(trained, train_update, skip_training, state)
             state = cond(refresh, update_target, lambda s: s, state)
             return state, BlockMetrics(episode_return, episode_end, trained, train_metrics)

@@ -17,8 +17,8 @@ from agent_environment_interaction_loop import (PYTHON_DRIVERS, BlockMetrics, co
                                                 make_block_function)
 from config import Config, ConfigError, config_to_dict, sweep_variants, variant_name
 from environments import environment_from_config, seed_environments
-from initialization import (NUMERICAL_FAULT, NUMERICAL_FAULT_LOSSES, RunState, check_observations, initial_hparams,
-                            make_agent)
+from initialization import (NUMERICAL_FAULT, NUMERICAL_FAULT_LOSSES, RunState, check_observations, make_agent,
+                            run_hparams)
 from tracking import Tracker
 
 RETURN_WINDOW = 50  # episodes in the final per-seed summary
@@ -68,7 +68,8 @@ def initial_state(config: Config, agent, envs, seed: int) -> RunState:
     run's swept values; resets `envs` (the runs' environments, see environments.seed_environments)."""
     agent_keys, env_keys = _seed_keys(config, seed)
     env_state, obs = envs.reset(env_keys)
-    state = jax.jit(jax.vmap(agent.init_state))(agent_keys, env_state, obs, initial_hparams(config))
+    hparams = run_hparams(runs_of(config, seed).variants)
+    state = jax.jit(jax.vmap(agent.init_state))(agent_keys, env_state, obs, hparams)
     # Leaves an env builds from Python numbers are weak-typed (gymnax MinAtar's timers); a checkpoint gives
     # them back strong. Strong from the start, a resumed run compiles the program the fresh run compiled,
     # so it finds it in the persistent compilation cache (cli.py). The values are the same.
@@ -86,7 +87,7 @@ def state_shapes(config: Config, agent, envs) -> RunState:
     initial_state makes every leaf strong, and a checkpoint compares shapes and dtypes only)."""
     agent_keys, env_keys = _seed_keys(config, 0)
     return jax.eval_shape(jax.vmap(agent.init_state), agent_keys, *envs.reset_shapes(env_keys),
-                          initial_hparams(config))
+                          run_hparams(runs_of(config, 0).variants))
 
 
 def restart_python_episodes(state: RunState, envs, seeds: list[int]) -> RunState:

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from config import Config, ConfigError, sweep_variants
+from config import Config, ConfigError
 from environments import EnvSpec
 from losses_and_evaluation import actor_critic_losses, imagine, observe_step, world_model_loss
 from losses_and_evaluation import DIAGNOSTIC_SEQUENCES, model_diagnostics
@@ -115,11 +115,9 @@ def with_run_values(config: Config, hparams: dict) -> Config:
     return run_config
 
 
-def initial_hparams(config: Config) -> dict[str, np.ndarray]:
-    """{key: float32 [num_runs]}: each run's value of each swept key, run r being variant r // num_seeds."""
-    variants = sweep_variants(config)
-    return {key: np.repeat(np.array([v[key] for v in variants], np.float32), config.num_seeds)
-            for key in config.sweep}
+def run_hparams(variants: list[dict[str, float]]) -> dict[str, np.ndarray]:
+    """{key: float32 [runs]}: each run's value of each swept key, from the runs' variants (experiment.runs_of)."""
+    return {key: np.array([variant[key] for variant in variants], np.float32) for key in variants[0]}
 
 
 def all_finite(tree) -> jax.Array:
@@ -186,8 +184,8 @@ def make_agent(config: Config, env) -> Agent:
         post_key, action_key = jax.random.split(key)
         embed = wm.embed(params.world_model, obs.astype(jnp.float32))
         z, _ = observe_step(c, wm, params.world_model, h, embed, latents(c).noise(post_key, ()))
-        policy = Categorical.from_logits(actor.apply(params.actor, jnp.concatenate([h, z], -1)),
-                             with_run_values(c, hparams).actor_unimix)
+        unimix = hparams.get("actor_unimix", c.actor_unimix)  # a swept value, else the config's
+        policy = Categorical.from_logits(actor.apply(params.actor, jnp.concatenate([h, z], -1)), unimix)
         return policy.sample(action_key), z
 
     def next_h(params: Params, h, z, action, episode_end):
