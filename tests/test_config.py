@@ -26,7 +26,10 @@ REFERENCE = {
 # Keys this project adds to the reference's: speed and memory settings that change no hyper-parameter, and
 # algorithm options whose defaults leave the reference's algorithm as it is.
 OWN_DEFAULTS = {"update_seed_batch": 0, "return_normalization": False, "return_scale_decay": 0.99, "actor_unimix": 0.0,
-                "sweep": {}}
+                "sweep": {}, "model_eps_adam": 0.0, "model_grad_clip": 0.0, "layer_norm": False,
+                "symlog_inputs": False, "symlog_observations": False, "twohot_reward": False, "twohot_critic": False,
+                "twohot_bins": 255, "zero_init_heads": False, "free_nats": 0.0, "latent_unimix": 0.0,
+                "slow_critic_rate": 0.0, "slow_critic_weight": 0.0, "return_critic": "target"}
 DEFAULTS = {**REFERENCE, **OWN_DEFAULTS}
 
 
