@@ -154,6 +154,23 @@ class Config:
         return self.num_seeds * math.prod(len(values) for values in self.sweep.values())
 
 
+# DreamerV3's changes to DreamerV2, as the values of this config's keys (the 2023 paper's; docs/dreamerv3.md
+# says where a later release of its code differs). configs/dreamerv3.json and configs/dreamerv3_small.json hold
+# them all; any one of them can be set in a DreamerV2 config for an ablation.
+DREAMERV3 = {
+    "activation": "silu", "layer_norm": True,  # LayerNorm + SiLU in the MLPs and the GRU
+    "symlog_inputs": True, "symlog_observations": True,  # symlog encoder inputs, symlog squared-error decoding
+    "twohot_reward": True, "twohot_critic": True, "twohot_bins": 255, "zero_init_heads": True,
+    "return_normalization": True, "return_scale_decay": 0.99,  # advantages / max(1, S)
+    "free_nats": 1.0, "KL_prior_weight": 0.5, "KL_posterior_weight": 0.1, "posterior_entropy_weight": 0.0,
+    "latent_unimix": 0.01, "actor_unimix": 0.01,
+    "slow_critic_rate": 0.02, "slow_critic_weight": 1.0, "return_critic": "online",
+    "discount": 0.997, "lmbda": 0.95, "rollout_length": 15, "beta": 3e-4,
+    "model_alpha": 1e-4, "model_eps_adam": 1e-8, "model_grad_clip": 1000.0,  # Adam per module
+    "pi_alpha": 3e-5, "V_alpha": 3e-5, "eps_adam": 1e-5, "grad_clip": 100.0, "wd_adam": 0.0,
+}
+
+
 # Keys whose values only enter the computation as numbers (learning rates, loss weights, the entropy scale,
 # discount, λ, optimizer constants): a sweep holds them as per-run arrays in the run state, vmapped with the
 # seeds. Every other key sets a shape, a loop length, a branch or the environment, and so one program.

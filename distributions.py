@@ -257,16 +257,13 @@ def twohot_bins(num_bins: int) -> np.ndarray:
 
 
 def twohot(x, bins):
-    """Two-hot encoding [..., K] of x [...] over sorted bins [K]: the two bins around x share weight 1 in
+    """Two-hot encoding [..., K] of x [...] over evenly spaced bins [K]: the two bins around x share weight 1 in
     proportion to their closeness, so that sum(encoding * bins) = x for x within the bins' range (x outside
-    it goes all to the nearest end bin)."""
-    bins = jnp.asarray(bins)
-    x = jnp.clip(x, bins[0], bins[-1])
-    above = jnp.clip(jnp.searchsorted(bins, x, side="right"), 1, bins.shape[0] - 1)  # [...] index of upper bin
-    low, high = bins[above - 1], bins[above]
-    weight_high = (x - low) / (high - low)
-    return (jax.nn.one_hot(above - 1, bins.shape[0]) * (1.0 - weight_high)[..., None]
-            + jax.nn.one_hot(above, bins.shape[0]) * weight_high[..., None])
+    it goes all to the nearest end bin). Written as the triangle max(0, 1 - |position - k|) at every bin k,
+    elementwise, without a search for the bins."""
+    bins = np.asarray(bins)
+    position = jnp.clip((x - bins[0]) / (bins[1] - bins[0]), 0, bins.shape[0] - 1)  # [...] in units of bins
+    return jax.nn.relu(1.0 - jnp.abs(position[..., None] - np.arange(bins.shape[0], dtype=np.float32)))
 
 
 class TwoHotSymlog(NamedTuple):

@@ -188,21 +188,25 @@ def actor_critic_losses(config: Config, actor_apply, critic_apply, actor_params,
     sg = jax.lax.stop_gradient
     feat = sg(rollout.feat)  # [K+1, N, D]
     critic = lambda params, x: value_distribution(c, critic_apply(params, x))
-    target_values = critic(target_critic_params, feat).mean  # [K+1, N]
-    bootstrap = target_values if c.return_critic == "target" else critic(critic_params, feat).mean
+    if c.return_critic == "target":
+        target_values = critic(target_critic_params, feat).mean  # [K+1, N]
+        bootstrap, value_dist = target_values, critic(critic_params, feat[:-1])
+    else:  # one pass of the critic gives the bootstrap values and the predictions the loss trains
+        outputs = critic_apply(critic_params, feat)  # [K+1, N, V]
+        bootstrap, value_dist = value_distribution(c, outputs).mean, value_distribution(c, outputs[:-1])
     returns = sg(lambda_returns(rollout.reward, rollout.cont, bootstrap, c.discount, c.lmbda))  # [K, N]
     return_scale = updated_return_scale(c, return_scale, returns)
     # Weight of step k: probability the imagined episode is still running when it is reached.
     weights = sg(jnp.cumprod(jnp.concatenate([jnp.ones_like(rollout.cont[:1]), rollout.cont[:-1]], 0), 0))
 
-    value_dist = critic(critic_params, feat[:-1])
     values = value_dist.mean  # [K, N]
     if c.twohot_critic:  # cross-entropy with the two-hot targets
         critic_loss = -jnp.mean(weights * value_dist.log_prob(returns))
     else:
         critic_loss = jnp.mean(weights * 0.5 * (values - returns) ** 2)
     if isinstance(c.slow_critic_weight, jax.Array) or c.slow_critic_weight != 0:  # toward the slow critic
-        slow = sg(target_values[:-1])
+        slow = target_values[:-1] if c.return_critic == "target" else critic(target_critic_params, feat[:-1]).mean
+        slow = sg(slow)
         if c.twohot_critic:
             critic_loss += -c.slow_critic_weight * jnp.mean(weights * value_dist.log_prob(slow))
         else:
