@@ -260,6 +260,22 @@ class Tracker:
         except Exception as error:  # noqa: BLE001
             self._fail(error)
 
+    def log_media(self, env_steps: int, media: Sequence[Mapping[str, str]]) -> None:
+        """Log each run's media files ({tag: path}, one dict per run in the order of the seeds) at `env_steps`:
+        GIFs as wandb videos, other images as wandb images."""
+        if not self._runs or not any(media):
+            return
+        try:
+            import wandb
+
+            for run, files in zip(self._runs, media):
+                if files:
+                    run.log({"env_steps": env_steps, **{
+                        tag: wandb.Video(path, format="gif") if path.endswith(".gif") else wandb.Image(path)
+                        for tag, path in files.items()}}, step=env_steps)
+        except Exception as error:  # noqa: BLE001
+            self._fail(error)
+
     def finish(self) -> None:
         """Close every run and wait until wandb has written them out; safe to call twice."""
         runs, self._runs = self._runs, []
