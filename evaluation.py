@@ -193,14 +193,18 @@ class RunObserver:
                 record["eval_return"] = float(np.mean(returns[finished])) if finished.any() else None
                 record["eval_returns"] = [float(r) for r in returns[finished]]
                 record["eval_length"] = float(np.mean(lengths[finished])) if finished.any() else None
-        if not video:
-            return [{} for _ in records]
+        return self.videos(state, steps) if video else [{} for _ in records]
+
+    def videos(self, state, steps: int) -> list[dict[str, str]]:
+        """Records an episode per run at env step `steps` and writes its files (video.write_run_media) under
+        `video_dir`, one folder per run; returns each run's {tag: path}."""
         from video import write_run_media  # matplotlib and Pillow, only when videos are asked for
+
         recording, dreamed = self.record(state, steps)
         return [write_run_media(self._run_folder(i), steps, self.env.spec, self.config.binary_state,
                                 jax.tree.map(lambda x: np.asarray(x[i]), recording),
                                 jax.tree.map(lambda x: np.asarray(x[i]), dreamed), DREAM_CONTEXT)
-                for i in range(len(records))]
+                for i in range(len(self.runs.seeds))]
 
     def _run_folder(self, i: int) -> str:
         variant = variant_name(self.runs.variants[i])

@@ -142,19 +142,30 @@ class TensorBoardSink:
         self._writers = [EventFileWriter(folder) for folder in self.folders]
 
     def log_block(self, records: Sequence[Mapping], media: Sequence[Mapping[str, str]] | None = None):
-        if not self._writers:
-            return
+        """One block: a record per run (its numeric fields at its env_steps) and, if given, each run's media
+        files ({tag: path})."""
         try:
-            for writer, record, files in zip(self._writers, records, media or [{} for _ in records]):
-                step = int(record["env_steps"])
-                scalars = {k: v for k, v in numeric_metrics(record).items() if k != "env_steps"}
-                writer.add_scalars(step, scalars)
-                for tag, path in files.items():
-                    writer.add_image_file(step, tag, path)
+            for writer, record in zip(self._writers, records):
+                writer.add_scalars(int(record["env_steps"]),
+                                   {k: v for k, v in numeric_metrics(record).items() if k != "env_steps"})
         except (OSError, ValueError) as error:
-            print(f"warning: TensorBoard logging turned off ({type(error).__name__}: {error}); training goes on, "
-                  "metrics are still in the output file", file=sys.stderr)
-            self.close()
+            self._fail(error)
+        if media and records:
+            self.log_media(int(records[0]["env_steps"]), media)
+
+    def log_media(self, env_steps: int, media: Sequence[Mapping[str, str]]):
+        """Each run's media files ({tag: path}, PNG or GIF) as images at `env_steps`."""
+        try:
+            for writer, files in zip(self._writers, media):
+                for tag, path in files.items():
+                    writer.add_image_file(env_steps, tag, path)
+        except (OSError, ValueError) as error:
+            self._fail(error)
+
+    def _fail(self, error: BaseException):
+        print(f"warning: TensorBoard logging turned off ({type(error).__name__}: {error}); training goes on, "
+              "metrics are still in the output file", file=sys.stderr)
+        self.close()
 
     def close(self):
         writers, self._writers = self._writers, []
