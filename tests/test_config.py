@@ -23,10 +23,11 @@ REFERENCE = {
     "latent_type": "categorical", "environment": "gymnax_env", "binary_state": True, "jax_env": True,
     "env_config": {"env_name": "SpaceInvaders-MinAtar"},
 }
-# Keys this project adds to the reference's: speed and memory settings that change no hyper-parameter, and
-# algorithm options whose defaults leave the reference's algorithm as it is.
+# Keys this project adds to the reference's: speed and memory settings that change no hyper-parameter,
+# algorithm options whose defaults leave the reference's algorithm as it is, and what is observed of a run.
 OWN_DEFAULTS = {"update_seed_batch": 0, "return_normalization": False, "return_scale_decay": 0.99, "actor_unimix": 0.0,
-                "sweep": {}}
+                "sweep": {}, "eval_every": 0, "eval_episodes": 5, "eval_policy": "mode", "eval_max_steps": 10_000,
+                "video_every": 10_000, "video_max_frames": 500}
 DEFAULTS = {**REFERENCE, **OWN_DEFAULTS}
 
 

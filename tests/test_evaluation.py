@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import checkpoint
 import cli
 import tensorboard_writer
-from config import load_config
+from config import ConfigError, config_to_dict, load_config
 from environments import EnvSpec, OpenGridEnvironment
 from evaluation import (DREAM_CONTEXT, Dream, Policy, Recording, agent_policy, crosses, dream, observation_keys,
                         record_episode, run_episodes)
@@ -287,3 +288,15 @@ def test_a_file_where_a_folder_is_needed_is_refused(tmp_path, capsys):
     assert cli.script_main(argv, description="test", single_seed=False) == 2
     assert "--tensorboard" in capsys.readouterr().err
     assert path.read_text() == "x"
+
+
+def test_observation_keys_are_checked_and_a_resume_may_change_them(capsys):
+    argv = ["-c", DEBUG, "--wandb", "disabled", "--set", "eval_policy=greedy"]
+    assert cli.script_main(argv, description="test", single_seed=False) == 2
+    assert capsys.readouterr().err == "error: eval_policy must be one of mode, sample, got 'greedy'\n"
+    with pytest.raises(ConfigError, match="eval_every must be >= 0"):
+        load_config(DEBUG, ["eval_every=-5"])
+    stored = config_to_dict(load_config(DEBUG))
+    changed = config_to_dict(load_config(DEBUG, ["eval_every=100", "eval_policy=sample", "video_every=50"]))
+    assert checkpoint.config_differences(stored, changed) == []
+    assert checkpoint.config_differences(stored, config_to_dict(load_config(DEBUG, ["beta=0.5"])))
