@@ -102,22 +102,28 @@ class Recording(NamedTuple):
 
 def record_episode(env, policy: Policy, key, num_frames: int) -> Recording:
     """Plays one episode of JAX environment `env` from a fresh reset for at most `num_frames` steps, recording
-    what the policy saw and did. Traceable: jit and vmap it."""
+    what the policy saw and did (a `while_loop`: it stops at the episode's end). Traceable: jit and vmap it."""
     reset_key, key = jax.random.split(key)
     env_state, obs = env.reset(reset_key)
 
-    def step(loop, _):
-        env_state, obs, carry, ended, key = loop
+    def running(loop):
+        *_, steps, ended, _ = loop
+        return ~ended & (steps < num_frames)
+
+    def step(loop):
+        env_state, obs, carry, recording, steps, ended, key = loop
         key, act_key, env_key = jax.random.split(key, 3)
         action, aux = policy.act(carry, obs, act_key)
-        next_env_state, next_obs, reward, terminated, truncated = env.step(env_key, env_state, action)
+        env_state, next_obs, reward, terminated, truncated = env.step(env_key, env_state, action)
         end = terminated | truncated
-        loop = (next_env_state, next_obs, policy.advance(carry, aux, action, end), ended | end, key)
-        return loop, (obs, action, reward, ~ended)
+        recording = Recording(recording.obs.at[steps].set(obs), recording.action.at[steps].set(action),
+                              recording.reward.at[steps].set(reward), steps + 1)
+        return env_state, next_obs, policy.advance(carry, aux, action, end), recording, steps + 1, end, key
 
-    _, (obs, action, reward, recorded) = jax.lax.scan(step, (env_state, obs, policy.init(), jnp.bool_(False), key),
-                                                      None, length=num_frames)
-    return Recording(obs, action, reward, jnp.sum(recorded).astype(jnp.int32))
+    empty = Recording(jnp.zeros((num_frames, *obs.shape), obs.dtype), jnp.zeros(num_frames, jnp.int32),
+                      jnp.zeros(num_frames, jnp.float32), jnp.int32(0))
+    loop = (env_state, obs, policy.init(), empty, jnp.int32(0), jnp.bool_(False), key)
+    return jax.lax.while_loop(running, step, loop)[3]
 
 
 class Dream(NamedTuple):
