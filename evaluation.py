@@ -9,6 +9,7 @@ fixed number of frames for a recording); for Python environments (gymnasium, gym
 object per run, apart from the training ones, between the agent's jitted pieces."""
 
 import os
+import sys
 from typing import Callable, NamedTuple
 
 import jax
@@ -182,6 +183,9 @@ class RunObserver:
         self.wm = make_world_model(config, env.spec.obs_shape, env.spec.num_actions)
         self._evaluate = self._record = self._dream = None  # jitted at their first use
         self._python_envs = None
+        # Python environments draw the recorded episode with their rgb_array render where they have one
+        self._render = self.python and video_dir is not None
+        self._rendered = None  # each run's rendered frames of its last recorded episode, or None
 
     def wants(self, steps: int, size: int) -> tuple[bool, bool]:
         """(evaluate, record videos) after the block of `size` env steps that ended at `steps`."""
@@ -209,7 +213,8 @@ class RunObserver:
         recording, dreamed = self.record(state, steps)
         return [write_run_media(self._run_folder(i), steps, self.env.spec, self.config.binary_state,
                                 jax.tree.map(lambda x: np.asarray(x[i]), recording),
-                                jax.tree.map(lambda x: np.asarray(x[i]), dreamed), DREAM_CONTEXT)
+                                jax.tree.map(lambda x: np.asarray(x[i]), dreamed), DREAM_CONTEXT,
+                                self._rendered[i] if self._rendered else None)
                 for i in range(len(self.runs.seeds))]
 
     def _run_folder(self, i: int) -> str:
@@ -262,7 +267,7 @@ class RunObserver:
 
     def _python_setup(self, steps: int, tag: int):
         if self._python_envs is None:
-            self._python_envs = [self.env.instance(seed) for seed in self.runs.seeds]
+            self._python_envs = [self._python_instance(seed) for seed in self.runs.seeds]
             agent, greedy = self.agent, self.greedy
             self._act = jax.jit(jax.vmap(lambda p, hp, h, o, k: agent.act(p, hp, h, o, k, greedy)))
             self._next_h = jax.jit(jax.vmap(agent.next_h))
@@ -270,17 +275,38 @@ class RunObserver:
             env.reseed(int(np.random.SeedSequence([seed, tag, steps]).generate_state(1)[0]))
         return np.stack([env.reset(None) for env in self._python_envs])
 
-    def _python_steps(self, params, hparams, keys, obs, steps: int):
-        """Yields (obs, actions, rewards, episode ends) of every run's environment, step after step."""
+    def _python_instance(self, seed: int):
+        if self._render:
+            try:
+                return self.env.instance(seed, render=True)
+            except Exception as error:  # noqa: BLE001 - the env has no rgb_array render: draw observations
+                self._no_render(error)
+        return self.env.instance(seed)
+
+    def _no_render(self, error: BaseException):
+        if self._render:
+            print(f"warning: {self.config.env_config.env_name} cannot render rgb_array frames "
+                  f"({type(error).__name__}: {error}); videos draw its observations where they are images", file=sys.stderr)
+        self._render = False
+
+    def _python_steps(self, params, hparams, keys, obs, steps: int, render: bool = False):
+        """Yields (obs, actions, rewards, episode ends, rendered frames or None) of every run's environment,
+        step after step; the frames are rendered before the step, showing what `obs` shows."""
         h = jnp.zeros((len(self.runs.seeds), self.config.num_hidden_units), jnp.float32)
         for t in range(steps):
             step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, t)
             action, z = self._act(params, hparams, h, obs, step_keys)
             actions = np.asarray(action)
+            frames = None
+            if render and self._render:
+                try:
+                    frames = [env.render() for env in self._python_envs]
+                except Exception as error:  # noqa: BLE001 - e.g. a renderer's missing dependency
+                    self._no_render(error)
             outputs = [env.step(None, a) for env, a in zip(self._python_envs, actions)]
             next_obs, reward, terminated, truncated = (np.asarray(x) for x in zip(*outputs))
             end = terminated | truncated
-            yield obs, actions, reward.astype(np.float32), end
+            yield obs, actions, reward.astype(np.float32), end, frames
             h = self._next_h(params, h, z, action, jnp.asarray(end))
             obs = np.stack(next_obs)
 
@@ -289,7 +315,7 @@ class RunObserver:
         runs = len(self.runs.seeds)
         returns, lengths = np.full((runs, num_episodes), np.nan, np.float32), np.zeros((runs, num_episodes), np.int32)
         done, running_return, running_length = np.zeros(runs, int), np.zeros(runs, np.float32), np.zeros(runs, int)
-        for _, _, reward, end in self._python_steps(params, hparams, keys, obs, max_steps):
+        for _, _, reward, end, _ in self._python_steps(params, hparams, keys, obs, max_steps):
             running_return += reward
             running_length += 1
             for i in np.flatnonzero(end & (done < num_episodes)):
@@ -305,12 +331,17 @@ class RunObserver:
         frames = self.config.video_max_frames
         recorded, ended = [], np.zeros(len(self.runs.seeds), bool)
         lengths = np.zeros(len(self.runs.seeds), np.int32)
-        for step in self._python_steps(params, hparams, keys, obs, frames):
+        rendered = [[] for _ in self.runs.seeds]
+        for step in self._python_steps(params, hparams, keys, obs, frames, render=True):
             recorded.append(step[:3])
+            for i, frame in enumerate(step[4] or []):
+                if not ended[i]:
+                    rendered[i].append(frame)
             lengths += ~ended
             ended |= step[3]
             if ended.all():
                 break
+        self._rendered = rendered if self._render and all(rendered) else None
         obs, action, reward = (np.stack(x, 1) for x in zip(*recorded))  # [runs, t, ...]
         pad = lambda x: np.concatenate([x, np.zeros((x.shape[0], frames - x.shape[1], *x.shape[2:]), x.dtype)], 1)
         return Recording(pad(obs), pad(action).astype(np.int32), pad(reward), lengths)

@@ -137,27 +137,32 @@ def prediction_plot(path: str, real, reconstruction, prediction, real_reward, pr
     return _atomic_write(path, _figure_png(figure))
 
 
-def write_run_media(folder: str, env_steps: int, spec, binary: bool, recording, dream, context: int) -> dict:
+def write_run_media(folder: str, env_steps: int, spec, binary: bool, recording, dream, context: int,
+                    rendered: list[np.ndarray] | None = None) -> dict:
     """One run's files for a recorded episode and its dream (host arrays without the run axis), named by the env
     step; returns {tag: path}: `video/episode` (GIF) and `video/dream` (GIF) with `video/dream_strip` (PNG) for
-    image observations, `video/prediction` (PNG) for vector observations."""
+    image observations, `video/prediction` (PNG) for vector observations. `rendered`: the episode's frames as
+    the environment renders them (uint8 RGB), drawn for `video/episode` instead of the observations (and for
+    vector observations, which have no picture otherwise)."""
     length = int(recording.length)
     dreamed = min(length, len(dream.prediction))  # steps of the dream inside the episode
     real = recording.obs[:dreamed]
     recon, pred = dream.reconstruction[:dreamed], dream.prediction[:dreamed]
     title = f"env step {env_steps}: {length} steps recorded, return {float(np.sum(recording.reward[:length])):g}"
     stem = os.path.join(folder, f"{env_steps:09d}")
+    episode = {"video/episode": write_gif(stem + "_episode.gif", list(rendered[:length]))} if rendered else {}
     if len(spec.obs_shape) == 1:
-        return {"video/prediction": prediction_plot(stem + "_prediction.png", real, recon, pred,
-                                                    recording.reward[:dreamed], dream.reward[:dreamed], context,
-                                                    title)}
+        return {**episode, "video/prediction": prediction_plot(stem + "_prediction.png", real, recon, pred,
+                                                               recording.reward[:dreamed], dream.reward[:dreamed],
+                                                               context, title)}
     factor = scale_factor(spec.obs_shape)
     draw = lambda frame: to_pixels(frame_rgb(frame, binary), factor)
     separator = np.full((factor * spec.obs_shape[0], 2, 3), 255, np.uint8)
     side_by_side = [np.concatenate([draw(a), separator, draw(b), separator, draw(c)], 1)
                     for a, b, c in zip(real, recon, pred)]
     return {
-        "video/episode": write_gif(stem + "_episode.gif", [draw(frame) for frame in recording.obs[:length]]),
+        "video/episode": episode.get("video/episode")
+        or write_gif(stem + "_episode.gif", [draw(frame) for frame in recording.obs[:length]]),
         "video/dream": write_gif(stem + "_dream.gif", side_by_side),
         "video/dream_strip": dream_strip(stem + "_dream.png", real, recon, pred, context, binary, title),
     }

@@ -6,6 +6,7 @@ import glob
 import json
 import os
 
+import gymnasium
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -300,3 +301,55 @@ def test_observation_keys_are_checked_and_a_resume_may_change_them(capsys):
     changed = config_to_dict(load_config(DEBUG, ["eval_every=100", "eval_policy=sample", "video_every=50"]))
     assert checkpoint.config_differences(stored, changed) == []
     assert checkpoint.config_differences(stored, config_to_dict(load_config(DEBUG, ["beta=0.5"])))
+
+
+class RenderedWalk(gymnasium.Env):
+    """A gymnasium environment with vector observations and an rgb_array render: a lit column walks one step
+    to the right per env step, whatever the action; the episode ends after 7 steps."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    observation_space = gymnasium.spaces.Box(0.0, 10.0, (2,), np.float32)
+    action_space = gymnasium.spaces.Discrete(2)
+
+    def __init__(self, render_mode=None):
+        self.render_mode, self.t = render_mode, 0
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0.0, 1.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.array([self.t, 1.0], np.float32), 1.0, self.t >= 7, False, {}
+
+    def render(self):
+        frame = np.zeros((6, 8, 3), np.uint8)
+        frame[:, self.t] = 255
+        return frame
+
+
+def test_python_environments_videos_use_their_rgb_array_render(tmp_path):
+    from environments import environment_from_config, seed_environments
+    from evaluation import RunObserver
+    from experiment import initial_state, runs_of
+
+    if "RenderedWalk-v0" not in gymnasium.envs.registry:
+        gymnasium.register(id="RenderedWalk-v0", entry_point=RenderedWalk)
+    config = load_config(DEBUG, ["environment=gymnasium_env", "jax_env=false", "env_config.env_name=RenderedWalk-v0",
+                                 "binary_state=false", "num_seeds=2"])
+    env = environment_from_config(config)
+    agent = make_agent(config, env)
+    state = initial_state(config, agent, seed_environments(env, [0, 1], False), 0)
+    observer = RunObserver(config, env, agent, runs_of(config, 0), str(tmp_path))
+    records = [{}, {}]
+    media = observer.after_block(state._replace(env_steps=state.env_steps + 200), records, 200)
+    observer.close()
+    assert records == [{}, {}]  # eval_every is 0: no evaluation
+    for files in media:
+        assert sorted(files) == ["video/episode", "video/prediction"]
+        assert _gif_frames(files["video/episode"]) == (7, {(8, 6 + PROGRESS_ROWS)})
+        with Image.open(files["video/episode"]) as gif:
+            gif.seek(3)
+            frame = np.asarray(gif.convert("RGB"))
+        assert frame[0, 3].tolist() == [255, 255, 255] and frame[0, 4].tolist() == [0, 0, 0]  # step 3's column
