@@ -67,6 +67,9 @@ class Config:
     return_scale_decay: float = _opt(0.99, "EMA decay of the return scale S used by return_normalization",
                                      ge=0, le=1)
     grad_clip: float = _opt(100.0, "global gradient-norm clip", gt=0)
+    model_eps_adam: float = _opt(0.0, "world-model AdamW epsilon; 0: eps_adam (DreamerV3: 1e-8)", ge=0)
+    model_grad_clip: float = _opt(0.0, "world-model global gradient-norm clip; 0: grad_clip (DreamerV3: 1000)",
+                                  ge=0)
     num_features: int = _opt(32, "number of latent variables", ge=1)
     feature_width: int = _opt(32, "classes per categorical latent variable", ge=2)
     num_hidden_units: int = _opt(200, "units per hidden layer", ge=1)
@@ -89,6 +92,32 @@ class Config:
     termination_weight: float = _opt(1.0, "weight of the termination log-likelihood", ge=0)
     state_prediction_weight: float = _opt(1.0, "weight of the observation log-likelihood", ge=0)
     activation: str = _opt("elu", "hidden-layer activation", choices=("elu", "relu", "silu", "gelu", "tanh"))
+    layer_norm: bool = _opt(False, "LayerNorm before the activation in every MLP hidden layer, and in the GRU "
+                            "(DreamerV3, with activation silu)")
+    symlog_inputs: bool = _opt(False, "pass observations through symlog before an MLP encoder (DreamerV3; conv "
+                               "encoders see images as they are)")
+    symlog_observations: bool = _opt(False, "decode non-binary observations by squared error in symlog space "
+                                     "(DreamerV3) instead of a unit-variance Gaussian")
+    twohot_reward: bool = _opt(False, "reward head as a categorical over twohot_bins symlog bins, trained on "
+                               "two-hot targets (DreamerV3) instead of a Gaussian")
+    twohot_critic: bool = _opt(False, "critic as a categorical over twohot_bins symlog bins, trained on two-hot "
+                               "targets (DreamerV3) instead of a Gaussian")
+    twohot_bins: int = _opt(255, "bins of the two-hot reward and critic heads, evenly spaced on [-20, 20] in "
+                            "symlog space", ge=2)
+    zero_init_heads: bool = _opt(False, "initialise the reward and critic output layers to zero, so both predict "
+                                 "0 at the start (DreamerV3)")
+    free_nats: float = _opt(0.0, "free bits: each KL term is clipped below this many nats, so it has no gradient "
+                            "there (DreamerV3: 1)", ge=0)
+    latent_unimix: float = _opt(0.0, "fraction of the uniform distribution mixed into every categorical latent "
+                                "(DreamerV3: 0.01)", ge=0, le=0.99)
+    slow_critic_rate: float = _opt(
+        0.0, "0: the target critic is a copy of the critic refreshed every target_update_frequency env steps; "
+        "> 0: a slow copy moved this fraction of the way to the critic at every update (DreamerV3: 0.02)", ge=0, le=1)
+    slow_critic_weight: float = _opt(0.0, "weight of the regulariser pulling the critic toward the target "
+                                     "critic's predictions (DreamerV3: 1)", ge=0)
+    return_critic: str = _opt("target", "which critic's values the lambda-returns bootstrap from: the target "
+                              "critic (DreamerV2) or the critic being trained (DreamerV3)",
+                              choices=("target", "online"))
     learn_reward_variance: bool = _opt(False, "learn the reward head's variance instead of fixing it to 1")
     maximize_nonterminal: bool = _opt(
         True, "shift a replayed sequence holding an episode end to end on it or start at its episode's start")
@@ -150,7 +179,8 @@ OBSERVATION_KEYS = ("eval_every", "eval_episodes", "eval_policy", "eval_max_step
 # seeds. Every other key sets a shape, a loop length, a branch or the environment, and so one program.
 SWEEPABLE_KEYS = ("model_alpha", "pi_alpha", "V_alpha", "eps_adam", "wd_adam", "grad_clip", "beta", "actor_unimix",
                   "return_scale_decay", "discount", "lmbda", "KL_prior_weight", "KL_posterior_weight",
-                  "posterior_entropy_weight", "reward_weight", "termination_weight", "state_prediction_weight")
+                  "posterior_entropy_weight", "reward_weight", "termination_weight", "state_prediction_weight",
+                  "free_nats", "slow_critic_weight")
 
 
 def _checked_sweep(sweep: dict) -> dict:

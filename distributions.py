@@ -6,8 +6,8 @@ discrete policy. Each offers what the losses use of it: sample, log_prob, entrop
 Samples are drawn from noise passed in, not from a key: a scan over time takes all its steps' noise as one
 input drawn before it (`Latents.noise`), which on CPU is far cheaper than a draw per step.
 
-`latents(config)` is the one place that reads `latent_type`. A new distribution (two-hot, bounded normal, a
-categorical mixed with the uniform) is a new class here."""
+`latents(config)`, `observation_distribution`, `reward_distribution` and `value_distribution` are the places
+that read which distribution a config asks for. A new distribution (a bounded normal, say) is a new class here."""
 
 from typing import NamedTuple
 
@@ -35,9 +35,13 @@ class OneHotCategorical(NamedTuple):
     log_probs: jax.Array
 
     @classmethod
-    def from_logits(cls, logits, num: int, width: int) -> "OneHotCategorical":
-        """From unnormalised logits [..., F*W]."""
-        return cls(jax.nn.log_softmax(logits.reshape(*logits.shape[:-1], num, width), axis=-1))
+    def from_logits(cls, logits, num: int, width: int, unimix: float = 0.0) -> "OneHotCategorical":
+        """From unnormalised logits [..., F*W]; with `unimix` > 0 each variable's probabilities are
+        (1 - unimix) softmax + unimix / W (DreamerV3), so no class falls below unimix / W."""
+        logits = logits.reshape(*logits.shape[:-1], num, width)
+        if unimix == 0:
+            return cls(jax.nn.log_softmax(logits, axis=-1))
+        return cls(jnp.log((1.0 - unimix) * jax.nn.softmax(logits, -1) + unimix / width))
 
     def sample(self, noise):
         """One-hot sample [..., F*W] from uniforms noise [..., F, 1]; its gradient is that of the probabilities."""
@@ -112,10 +116,11 @@ class DiagonalNormal(NamedTuple):
 
 class CategoricalLatents(NamedTuple):
     """The latent space of `num` categorical variables of `width` classes: parameters are logits [..., num*width],
-    samples one-hot [..., num*width]."""
+    samples one-hot [..., num*width]; `unimix` of the uniform mixed into each variable's probabilities."""
 
     num: int
     width: int
+    unimix: float = 0.0
 
     @property
     def param_size(self) -> int:
@@ -126,7 +131,7 @@ class CategoricalLatents(NamedTuple):
         return self.num * self.width
 
     def distribution(self, params) -> OneHotCategorical:
-        return OneHotCategorical.from_logits(params, self.num, self.width)
+        return OneHotCategorical.from_logits(params, self.num, self.width, self.unimix)
 
     def noise(self, key, batch_shape: tuple):
         """Uniforms [*batch_shape, num, 1]: one per variable (`OneHotCategorical.sample`)."""
@@ -164,7 +169,7 @@ class GaussianLatents(NamedTuple):
 def latents(config: Config) -> CategoricalLatents | GaussianLatents:
     """The latent space the config asks for (`latent_type`)."""
     if config.latent_type == "categorical":
-        return CategoricalLatents(config.num_features, config.feature_width)
+        return CategoricalLatents(config.num_features, config.feature_width, config.latent_unimix)
     return GaussianLatents(config.num_features)
 
 
@@ -228,3 +233,103 @@ class Categorical(NamedTuple):
 
     def mode(self):
         return jnp.argmax(self.logits, -1).astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# DreamerV3's symlog space: targets of any scale are predicted on a compressed scale.
+
+
+def symlog(x):
+    """sign(x) log(1 + |x|): close to x near 0, logarithmic for large |x|."""
+    return jnp.sign(x) * jnp.log1p(jnp.abs(x))
+
+
+def symexp(x):
+    """The inverse of symlog: sign(x) (exp(|x|) - 1)."""
+    return jnp.sign(x) * jnp.expm1(jnp.abs(x))
+
+
+TWOHOT_LIMIT = 20.0  # the bins are evenly spaced on [-20, 20] in symlog space (DreamerV3, 2023)
+
+
+def twohot_bins(num_bins: int) -> np.ndarray:
+    return np.linspace(-TWOHOT_LIMIT, TWOHOT_LIMIT, num_bins, dtype=np.float32)
+
+
+def twohot(x, bins):
+    """Two-hot encoding [..., K] of x [...] over sorted bins [K]: the two bins around x share weight 1 in
+    proportion to their closeness, so that sum(encoding * bins) = x for x within the bins' range (x outside
+    it goes all to the nearest end bin)."""
+    bins = jnp.asarray(bins)
+    x = jnp.clip(x, bins[0], bins[-1])
+    above = jnp.clip(jnp.searchsorted(bins, x, side="right"), 1, bins.shape[0] - 1)  # [...] index of upper bin
+    low, high = bins[above - 1], bins[above]
+    weight_high = (x - low) / (high - low)
+    return (jax.nn.one_hot(above - 1, bins.shape[0]) * (1.0 - weight_high)[..., None]
+            + jax.nn.one_hot(above, bins.shape[0]) * weight_high[..., None])
+
+
+class TwoHotSymlog(NamedTuple):
+    """A scalar predicted as a categorical over bins in symlog space (DreamerV3's reward and critic heads): the
+    prediction is symexp of the expected bin, the log-likelihood of a target the cross-entropy with the two-hot
+    encoding of its symlog. Gradients do not grow with the target's scale."""
+
+    logits: jax.Array  # [..., K]
+
+    @property
+    def mean(self):
+        """symexp(E[bin]) [...]."""
+        bins = twohot_bins(self.logits.shape[-1])
+        return symexp(jax.nn.softmax(self.logits, -1) @ bins)
+
+    def log_prob(self, x):
+        """[...] for targets x [...]."""
+        target = twohot(symlog(x), twohot_bins(self.logits.shape[-1]))
+        return jnp.sum(target * jax.nn.log_softmax(self.logits, -1), -1)
+
+    def mode(self):
+        return self.mean
+
+
+class SymlogSquared(NamedTuple):
+    """DreamerV3's vector decoder: the prediction lives in symlog space and is scored by squared error there
+    (a log-likelihood up to a constant, negated); `mode` maps it back to observation space."""
+
+    prediction: jax.Array  # [...] in symlog space
+
+    def log_prob(self, x):
+        """-(prediction - symlog(x))^2 [...], elementwise."""
+        return -((self.prediction - symlog(x)) ** 2)
+
+    def mode(self):
+        return symexp(self.prediction)
+
+
+def observation_distribution(config: Config, decoded):
+    """The observation likelihood of decoder outputs [..., *obs] (elementwise): Bernoulli for binary frames,
+    else squared error in symlog space (`symlog_observations`) or a unit-variance Gaussian."""
+    if config.binary_state:
+        return Bernoulli(decoded)
+    return SymlogSquared(decoded) if config.symlog_observations else Normal(decoded)
+
+
+def reward_head_size(config: Config) -> int:
+    return config.twohot_bins if config.twohot_reward else 2
+
+
+def reward_distribution(config: Config, out):
+    """The reward head's distribution from its outputs [..., reward_head_size]: two-hot symlog bins, or a
+    Gaussian (mean, and a log std used where `learn_reward_variance`, else unit variance)."""
+    if config.twohot_reward:
+        return TwoHotSymlog(out)
+    return Normal(out[..., 0], out[..., 1] if config.learn_reward_variance else 0.0)
+
+
+def value_head_size(config: Config) -> int:
+    return config.twohot_bins if config.twohot_critic else 1
+
+
+def value_distribution(config: Config, out):
+    """The critic's distribution from its outputs [..., value_head_size]: two-hot symlog bins, or a
+    unit-variance Gaussian around out[..., 0]."""
+    return TwoHotSymlog(out) if config.twohot_critic else Normal(out[..., 0])

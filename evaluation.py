@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from config import Config, variant_name
-from distributions import latents
+from distributions import latents, observation_distribution, reward_distribution
 from losses_and_evaluation import imagine_step, observe_sequence
 from networks import make_world_model
 
@@ -142,8 +142,11 @@ def dream(config: Config, wm, wm_params, obs, action, key, context: int = DREAM_
     0..context-1, then rolls the prior forward with the recorded actions (imagine_step, as imagination does)."""
     c = config
     observe_key, open_loop_key = jax.random.split(key)
-    decoded = (lambda feat: jax.nn.sigmoid(wm.decode(wm_params, feat))) if c.binary_state else (
-        lambda feat: wm.decode(wm_params, feat))
+
+    def decoded(feat):  # in observation space: a pixel's probability for binary frames, else the prediction
+        out = wm.decode(wm_params, feat)
+        return jax.nn.sigmoid(out) if c.binary_state else observation_distribution(c, out).mode()
+
     steps = action.shape[0]
     h, z, next_h, _, _ = observe_sequence(c, wm, wm_params, obs[None].astype(jnp.float32), action[None],
                                           jnp.zeros((1, steps), bool), observe_key)
@@ -163,7 +166,7 @@ def dream(config: Config, wm, wm_params, obs, action, key, context: int = DREAM_
     prediction = jnp.concatenate([reconstruction[:context], predicted], 0)
     # the reward of transition t reads the state after it: the posterior's for t < context - 1, then open loop
     reward_h = jnp.concatenate([next_h[:context - 1], open_h], 0)  # [T, H]
-    return Dream(reconstruction, prediction, wm.reward(wm_params, reward_h)[..., 0])
+    return Dream(reconstruction, prediction, reward_distribution(c, wm.reward(wm_params, reward_h)).mean)
 
 
 def dream_length(num_frames: int) -> int:

@@ -11,6 +11,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 import checkpoint
 from agent_environment_interaction_loop import (PYTHON_DRIVERS, BlockMetrics, compiler_options, jit_block,
@@ -184,29 +185,16 @@ def numerical_fault_message(faults: list[tuple[int | str, int, int]], checkpoint
     return f"seed {run}: {what} became non-finite at env step {env_step}{also}; {kept}"
 
 
-class ProgressBar:
-    """One line on stderr, redrawn in place on a terminal and printed every ~10% otherwise."""
+def progress_bar(total: int, done: int, enabled: bool) -> tqdm:
+    """The run's progress in env steps on stderr: redrawn in place on a terminal, a line a minute in a log."""
+    return tqdm(total=total, initial=done, unit="step", disable=not enabled, file=sys.stderr, dynamic_ncols=True,
+                mininterval=0.5 if sys.stderr.isatty() else 60.0)
 
-    def __init__(self, total: int, enabled: bool = True):
-        self.total, self.enabled, self.start = total, enabled, time.time()
-        self.tty, self.next_print = sys.stderr.isatty(), 0.0
 
-    def update(self, steps: int, recent_returns: list[float]):
-        if not self.enabled:
-            return
-        fraction = steps / self.total
-        if not self.tty and fraction < self.next_print and steps < self.total:
-            return
-        self.next_print = fraction + 0.1
-        rate = steps / max(time.time() - self.start, 1e-9)
-        recent = f"{np.mean(recent_returns):.3f}" if recent_returns else "n/a"
-        bar = "#" * int(30 * fraction) + "-" * (30 - int(30 * fraction))
-        line = f"[{bar}] {steps}/{self.total} steps  {rate:.0f} steps/s  return (last {RETURN_WINDOW}) {recent}"
-        print(("\r" if self.tty else "") + line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
-
-    def close(self):
-        if self.enabled and self.tty:
-            print(file=sys.stderr)
+def show_progress(bar: tqdm, steps: int, recent_returns: list[float]) -> None:
+    recent = f"{np.mean(recent_returns):.3f}" if recent_returns else "n/a"
+    bar.set_postfix_str(f"return (last {RETURN_WINDOW}) {recent}", refresh=False)
+    bar.update(steps - bar.n)
 
 
 def run(config: Config, env, seed: int, output: str | None, progress: bool = True, tracker=None,
@@ -259,7 +247,7 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
             "output": checkpoint.output_position(output, out.tell() if out else 0, records_written),
             "wandb": {"group": tracker.group, "run_ids": tracker.run_ids} if tracker else None})
 
-    bar = ProgressBar(config.num_steps, progress)
+    bar = progress_bar(config.num_steps, int(state.env_steps[0]), progress)
     out = checkpoint.open_output(output, resume.output_bytes if resume else None) if output else None
     run_start = time.time()
     try:
@@ -288,7 +276,7 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
                 if tensorboard:
                     tensorboard.log_block(records, media)
                 steps = int(state.env_steps[0])
-                bar.update(steps, [r for rs in all_returns for r in rs[-RETURN_WINDOW:]])
+                show_progress(bar, steps, [r for rs in all_returns for r in rs[-RETURN_WINDOW:]])
                 faults = numerical_faults(metrics, state, runs, size)
                 if faults:  # before any save: the last checkpoint stays the last one with finite updates only
                     raise NumericalFault(numerical_fault_message(faults, save_checkpoint), state)

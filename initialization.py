@@ -74,8 +74,10 @@ class Agent(NamedTuple):
     # sequences
 
 
-def make_optimizer(config: Config, learning_rate: float) -> optax.GradientTransformation:
-    """The one optimizer recipe: global-norm clipping, then AdamW with decoupled weight decay.
+def make_optimizer(config: Config, learning_rate: float, eps: float | None = None,
+                   clip: float | None = None) -> optax.GradientTransformation:
+    """The one optimizer recipe: global-norm clipping (at `clip`, default grad_clip), then AdamW (epsilon `eps`,
+    default eps_adam) with decoupled weight decay.
 
     Clipping and Adam run on each network's gradients concatenated into one vector (`optax.flatten`; the
     moments are stored flat too): the same maths as leaf by leaf, but a handful of kernels instead of several
@@ -85,8 +87,8 @@ def make_optimizer(config: Config, learning_rate: float) -> optax.GradientTransf
     inside `optax.flatten`, XLA:GPU fused the parameters' concatenation into every parameter's update, so
     no update was in place and the skip-training branch of the loop's `cond` copied all parameters at every
     acting step.) The state has the layout of `optax.flatten(chain(clip, adamw))`."""
-    flat = optax.flatten(optax.chain(optax.clip_by_global_norm(config.grad_clip),
-                                     optax.scale_by_adam(eps=config.eps_adam)))
+    flat = optax.flatten(optax.chain(optax.clip_by_global_norm(config.grad_clip if clip is None else clip),
+                                     optax.scale_by_adam(eps=config.eps_adam if eps is None else eps)))
     decay = optax.add_decayed_weights(config.wd_adam)
     scale = optax.scale_by_learning_rate(learning_rate)
 
@@ -161,8 +163,8 @@ def make_agent(config: Config, env) -> Agent:
 
     def optimizers(run_config: Config) -> OptStates:  # the learning rates may be a run's swept values
         rc = run_config
-        return OptStates(make_optimizer(rc, rc.model_alpha), make_optimizer(rc, rc.pi_alpha),
-                         make_optimizer(rc, rc.V_alpha))
+        model = make_optimizer(rc, rc.model_alpha, eps=rc.model_eps_adam or None, clip=rc.model_grad_clip or None)
+        return OptStates(model, make_optimizer(rc, rc.pi_alpha), make_optimizer(rc, rc.V_alpha))
 
     hidden, z_size = c.num_hidden_units, latents(c).size
 
@@ -236,6 +238,9 @@ def make_agent(config: Config, env) -> Agent:
 
         wm_params, actor_params, critic_params = (optax.apply_updates(p, u) for p, u in zip(params, updates))
         new_params = params._replace(world_model=wm_params, actor=actor_params, critic=critic_params)
+        if c.slow_critic_rate > 0:  # the slow critic moves a fraction of the way toward the updated critic
+            new_params = new_params._replace(target_critic=optax.incremental_update(
+                critic_params, params.target_critic, c.slow_critic_rate))
         metrics = {**metrics, **ac_metrics, "model_grad_norm": grad_norms[0], "actor_grad_norm": grad_norms[1],
                    "critic_grad_norm": grad_norms[2], NUMERICAL_FAULT: fault}
         state = state._replace(params=keep_finite(new_params, params), opt_states=keep_finite(OptStates(*new_opt), opt),
@@ -244,6 +249,8 @@ def make_agent(config: Config, env) -> Agent:
         return state, metrics
 
     def update_target(state: RunState) -> RunState:
+        if c.slow_critic_rate > 0:  # a slow critic follows the critic at every update instead
+            return state
         return state._replace(params=state.params._replace(target_critic=state.params.critic))
 
     def diagnose(params: Params, hparams, replay: ReplayBuffer, key):

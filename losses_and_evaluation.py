@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 
 from config import Config
-from distributions import Bernoulli, Categorical, Normal, latents
+from distributions import (Bernoulli, Categorical, latents, observation_distribution, reward_distribution,
+                           value_distribution)
 from networks import WorldModel
 
 
@@ -31,15 +32,25 @@ def imagine_step(config: Config, wm: WorldModel, wm_params, h, z, action, noise)
     return next_h, latents(config).distribution(prior).sample(noise), prior
 
 
+def free_bits(kl, free_nats):
+    """max(kl, free_nats): a KL term below `free_nats` is a constant, so it has no gradient there (DreamerV3).
+    The KL as it is where free_nats is the number 0 (a swept value is an array: clipped even where it is 0)."""
+    if isinstance(free_nats, jax.Array) or free_nats != 0:
+        return jnp.maximum(kl, free_nats)
+    return kl
+
+
 def kl_balance_loss(config: Config, posterior, prior):
     """KL balancing: the prior is pulled toward the posterior with KL_prior_weight, the posterior toward the
-    prior with KL_posterior_weight. `posterior` and `prior` are latent parameters [..., P]. Returns
-    (loss [...], KL(post || prior) [...])."""
+    prior with KL_posterior_weight (DreamerV3's dynamics and representation terms), each term clipped below
+    free_nats. `posterior` and `prior` are latent parameters [..., P]. Returns (loss [...], KL(post || prior)
+    [...])."""
     sg = jax.lax.stop_gradient
     dist = latents(config).distribution
     kl_prior_side = dist(sg(posterior)).kl(dist(prior))
     kl_posterior_side = dist(posterior).kl(dist(sg(prior)))
-    loss = config.KL_prior_weight * kl_prior_side + config.KL_posterior_weight * kl_posterior_side
+    loss = (config.KL_prior_weight * free_bits(kl_prior_side, config.free_nats)
+            + config.KL_posterior_weight * free_bits(kl_posterior_side, config.free_nats))
     return loss, kl_prior_side
 
 
@@ -77,13 +88,11 @@ def world_model_loss(config: Config, wm: WorldModel, wm_params, batch, key):
 
     obs_pred = wm.decode(wm_params, jnp.concatenate([h, z], -1))  # [B, T, *obs]
     obs_axes = tuple(range(2, obs.ndim))
-    obs_dist = Bernoulli(obs_pred) if c.binary_state else Normal(obs_pred)
-    obs_log_prob = jnp.sum(obs_dist.log_prob(obs), axis=obs_axes)
+    obs_log_prob = jnp.sum(observation_distribution(c, obs_pred).log_prob(obs), axis=obs_axes)
 
-    reward_out = wm.reward(wm_params, next_h)  # [B, T, 2]
-    reward_log_std = reward_out[..., 1] if c.learn_reward_variance else 0.0
-    reward_log_prob = Normal(reward_out[..., 0], reward_log_std).log_prob(batch.reward)
-    termination_log_prob = Bernoulli(wm.termination(wm_params, next_h)).log_prob(batch.terminated.astype(jnp.float32))
+    reward_log_prob = reward_distribution(c, wm.reward(wm_params, next_h)).log_prob(batch.reward)  # [B, T]
+    termination = Bernoulli(wm.termination(wm_params, next_h))
+    termination_log_prob = termination.log_prob(batch.terminated.astype(jnp.float32))
 
     kl_loss, kl = kl_balance_loss(c, posterior, prior)
     posterior_dist = latents(c).distribution(posterior)
@@ -146,7 +155,7 @@ def imagine(config: Config, wm: WorldModel, wm_params, actor_apply: Callable, ac
     _, (next_h, next_z, action) = jax.lax.scan(step, (start_h, start_z), noise)
     h = jnp.concatenate([start_h[None], next_h], 0)  # [K+1, N, H]
     feat = jnp.concatenate([h, jnp.concatenate([start_z[None], next_z], 0)], -1)
-    reward = wm.reward(wm_params, next_h)[..., 0]
+    reward = reward_distribution(config, wm.reward(wm_params, next_h)).mean
     cont = jax.nn.sigmoid(-wm.termination(wm_params, next_h))
     return ImaginedRollout(feat, action, reward, cont)
 
@@ -167,7 +176,9 @@ def updated_return_scale(config: Config, return_scale, returns):
 def actor_critic_losses(config: Config, actor_apply, critic_apply, actor_params, critic_params,
                         target_critic_params, rollout: ImaginedRollout, return_scale=0.0):
     """Actor (REINFORCE with the critic as baseline, plus entropy bonus) and critic (regression to λ-returns
-    computed with the target critic) losses on one imagined rollout.
+    bootstrapped from the target critic, or from the critic itself with return_critic "online") losses on one
+    imagined rollout. With slow_critic_weight, the critic is also pulled toward the target critic's
+    predictions (DreamerV3's slow critic regulariser).
 
     `return_scale` is the EMA S of the λ-returns' spread before this update; it is updated with this rollout's
     returns and, with `return_normalization`, the advantages are divided by max(1, S), so returns of any scale
@@ -176,14 +187,26 @@ def actor_critic_losses(config: Config, actor_apply, critic_apply, actor_params,
     c = config
     sg = jax.lax.stop_gradient
     feat = sg(rollout.feat)  # [K+1, N, D]
-    target_values = critic_apply(target_critic_params, feat)  # [K+1, N]
-    returns = sg(lambda_returns(rollout.reward, rollout.cont, target_values, c.discount, c.lmbda))  # [K, N]
+    critic = lambda params, x: value_distribution(c, critic_apply(params, x))
+    target_values = critic(target_critic_params, feat).mean  # [K+1, N]
+    bootstrap = target_values if c.return_critic == "target" else critic(critic_params, feat).mean
+    returns = sg(lambda_returns(rollout.reward, rollout.cont, bootstrap, c.discount, c.lmbda))  # [K, N]
     return_scale = updated_return_scale(c, return_scale, returns)
     # Weight of step k: probability the imagined episode is still running when it is reached.
     weights = sg(jnp.cumprod(jnp.concatenate([jnp.ones_like(rollout.cont[:1]), rollout.cont[:-1]], 0), 0))
 
-    values = critic_apply(critic_params, feat[:-1])  # [K, N]
-    critic_loss = jnp.mean(weights * 0.5 * (values - returns) ** 2)
+    value_dist = critic(critic_params, feat[:-1])
+    values = value_dist.mean  # [K, N]
+    if c.twohot_critic:  # cross-entropy with the two-hot targets
+        critic_loss = -jnp.mean(weights * value_dist.log_prob(returns))
+    else:
+        critic_loss = jnp.mean(weights * 0.5 * (values - returns) ** 2)
+    if isinstance(c.slow_critic_weight, jax.Array) or c.slow_critic_weight != 0:  # toward the slow critic
+        slow = sg(target_values[:-1])
+        if c.twohot_critic:
+            critic_loss += -c.slow_critic_weight * jnp.mean(weights * value_dist.log_prob(slow))
+        else:
+            critic_loss += c.slow_critic_weight * jnp.mean(weights * 0.5 * (values - slow) ** 2)
 
     policy = Categorical.from_logits(actor_apply(actor_params, feat[:-1]), c.actor_unimix)  # logits [K, N, A]
     action_log_prob = policy.log_prob(rollout.action)
@@ -251,12 +274,12 @@ def model_diagnostics(config: Config, wm: WorldModel, wm_params, actor_apply: Ca
     h, z, next_h, prior, posterior = observe_sequence(c, wm, wm_params, obs, batch.action, episode_end, observe_key)
 
     stats = {}
-    obs_pred = wm.decode(wm_params, jnp.concatenate([h, z], -1))  # [B, T, *obs] logits or means
+    obs_pred = observation_distribution(c, wm.decode(wm_params, jnp.concatenate([h, z], -1))).mode()  # [B, T, *obs]
     if c.binary_state:
-        stats["observation_bit_error"] = jnp.mean(((obs_pred > 0) != (obs > 0.5)).astype(jnp.float32))
+        stats["observation_bit_error"] = jnp.mean((obs_pred != (obs > 0.5)).astype(jnp.float32))
     else:
         stats["observation_mse"] = jnp.mean((obs_pred - obs) ** 2)
-    reward_error = wm.reward(wm_params, next_h)[..., 0] - batch.reward  # [B, T]
+    reward_error = reward_distribution(c, wm.reward(wm_params, next_h)).mean - batch.reward  # [B, T]
     stats["reward_mse"] = jnp.mean(reward_error**2)
     stats["reward_mse_nonzero"] = masked_mean(reward_error**2, batch.reward != 0)
     stats["reward_accuracy"] = jnp.mean((jnp.abs(reward_error) < 0.5).astype(jnp.float32))
@@ -283,7 +306,8 @@ def model_diagnostics(config: Config, wm: WorldModel, wm_params, actor_apply: Ca
     def open_loop_step(carry, inputs):
         action, noise_t = inputs
         next_h_t, next_z_t, _ = imagine_step(c, wm, wm_params, *carry, action, noise_t)
-        outs = wm.reward(wm_params, next_h_t)[..., 0], jax.nn.sigmoid(-wm.termination(wm_params, next_h_t))
+        outs = (reward_distribution(c, wm.reward(wm_params, next_h_t)).mean,
+                jax.nn.sigmoid(-wm.termination(wm_params, next_h_t)))
         return (next_h_t, next_z_t), outs
 
     open_loop_inputs = (window(batch.action), latents(c).noise(open_loop_key, (horizon, batch_size)))

@@ -11,7 +11,7 @@ import numpy as np
 
 import kernels
 from config import Config
-from distributions import latents
+from distributions import latents, reward_head_size, symlog, value_head_size
 
 
 ACTIVATIONS: dict[str, Callable] = {
@@ -27,8 +27,9 @@ class Linear(hk.Linear):
     """hk.Linear (same parameters, names and initialisation) told where its input holds one-hot vectors:
     `one_hot_block` = (start, groups, width) as in `kernels.one_hot_matmul`, or None for a plain hk.Linear."""
 
-    def __init__(self, output_size: int, one_hot_block: tuple[int, int, int] | None = None, name=None):
-        super().__init__(output_size, name=name)
+    def __init__(self, output_size: int, one_hot_block: tuple[int, int, int] | None = None, with_bias: bool = True,
+                 w_init=None, name=None):
+        super().__init__(output_size, with_bias=with_bias, w_init=w_init, name=name)
         self.one_hot_block = one_hot_block
 
     def __call__(self, inputs, *, precision=None):
@@ -38,20 +39,29 @@ class Linear(hk.Linear):
         self.input_size = inputs.shape[-1]
         w_init = self.w_init or hk.initializers.TruncatedNormal(stddev=1.0 / np.sqrt(self.input_size))
         w = hk.get_parameter("w", [self.input_size, self.output_size], inputs.dtype, init=w_init)
-        b = hk.get_parameter("b", [self.output_size], inputs.dtype, init=self.b_init)
-        return kernels.one_hot_matmul(inputs, w, self.one_hot_block) + b
+        out = kernels.one_hot_matmul(inputs, w, self.one_hot_block)
+        if not self.with_bias:
+            return out
+        return out + hk.get_parameter("b", [self.output_size], inputs.dtype, init=self.b_init)
+
+
+def layer_norm(x):
+    """LayerNorm over the last axis with a learned scale and offset."""
+    return hk.LayerNorm(-1, create_scale=True, create_offset=True)(x)
 
 
 class MLP(hk.Module):
     """`num_layers` hidden layers of `width` units, then an optional linear output layer. `one_hot_block`
-    describes one-hot vectors in the input (see `Linear`)."""
+    describes one-hot vectors in the input (see `Linear`). With `norm`, each hidden layer is a bias-free linear
+    map, LayerNorm, then the activation (DreamerV3); `zero_output` initialises the output layer to zero."""
 
     def __init__(self, width: int, num_layers: int, activation: str, output_size: int | None = None,
-                 one_hot_block: tuple[int, int, int] | None = None, name=None):
+                 one_hot_block: tuple[int, int, int] | None = None, norm: bool = False, zero_output: bool = False,
+                 name=None):
         super().__init__(name=name)
         self.width, self.num_layers, self.output_size = width, num_layers, output_size
         self.activation = ACTIVATIONS[activation]
-        self.one_hot_block = one_hot_block
+        self.one_hot_block, self.norm, self.zero_output = one_hot_block, norm, zero_output
 
     def __call__(self, x):
         # [..., D] runs as rows [N, D]: XLA:CPU splits a bias-add and activation on the matmul's reshaped
@@ -60,11 +70,30 @@ class MLP(hk.Module):
         x = x.reshape(-1, x.shape[-1])
         block = self.one_hot_block
         for _ in range(self.num_layers):
-            x = self.activation(Linear(self.width, block)(x))
+            if self.norm:
+                x = self.activation(layer_norm(Linear(self.width, block, with_bias=False)(x)))
+            else:
+                x = self.activation(Linear(self.width, block)(x))
             block = None
         if self.output_size is not None:
-            x = Linear(self.output_size, block)(x)
+            x = Linear(self.output_size, block, w_init=jnp.zeros if self.zero_output else None)(x)
         return x.reshape(*lead, x.shape[-1])
+
+
+class NormGRU(hk.Module):
+    """DreamerV3's GRU: one bias-free linear map of [input, h] to the three gates, LayerNorm over them, and an
+    update gate biased toward keeping h (sigmoid(u - 1)). (input [N, I], h [N, H]) -> next h [N, H]."""
+
+    def __init__(self, hidden_size: int, name=None):
+        super().__init__(name=name)
+        self.hidden_size = hidden_size
+
+    def __call__(self, inputs, h):
+        gates = layer_norm(hk.Linear(3 * self.hidden_size, with_bias=False)(jnp.concatenate([inputs, h], -1)))
+        reset, candidate, update = jnp.split(gates, 3, axis=-1)
+        candidate = jnp.tanh(jax.nn.sigmoid(reset) * candidate)
+        update = jax.nn.sigmoid(update - 1.0)
+        return update * candidate + (1.0 - update) * h
 
 
 class Conv3x3(hk.Module):
@@ -118,7 +147,9 @@ class Encoder(hk.Module):
         lead = obs.shape[: obs.ndim - len(self.obs_shape)]
         if not uses_conv(c, self.obs_shape):
             x = obs.reshape(*lead, -1)
-            return MLP(c.num_hidden_units, c.num_hidden_layers, c.activation)(x)
+            if c.symlog_inputs:
+                x = symlog(x)
+            return MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, norm=c.layer_norm)(x)
         act = ACTIVATIONS[c.activation]
         x = obs.reshape(-1, *_as_image(self.obs_shape))  # [N, H, W, C]
         for i in range(c.conv_depth):
@@ -139,7 +170,7 @@ class Decoder(hk.Module):
         lead = feat.shape[:-1]
         if not uses_conv(c, self.obs_shape):
             x = MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, int(np.prod(self.obs_shape)),
-                    latents(c).one_hot_block(c.num_hidden_units))(feat)
+                    latents(c).one_hot_block(c.num_hidden_units), norm=c.layer_norm)(feat)
             return x.reshape(*lead, *self.obs_shape)
         act = ACTIVATIONS[c.activation]
         height, width, channels = _as_image(self.obs_shape)
@@ -167,7 +198,7 @@ class WorldModel(NamedTuple):
     posterior(params, h [..., H], embed [..., U]) -> latent params [..., P]
     transition(params, h [..., H], z [..., Z], action [...] int) -> next h [..., H]
     decode(params, feat [..., H+Z]) -> observation logits/means [..., *obs]
-    reward(params, h [..., H]) -> [..., 2] (mean, log std; log std ignored unless learned)
+    reward(params, h [..., H]) -> reward head outputs [..., R] (distributions.reward_distribution reads them)
     termination(params, h [..., H]) -> termination logit [...]
     A categorical z must be a sample (at most one non-zero entry per latent variable, as
     `OneHotCategorical.sample` returns): the layers reading it multiply it by gathering weight rows on CPU
@@ -190,25 +221,27 @@ def make_world_model(config: Config, obs_shape: tuple[int, ...], num_actions: in
     def build():
         encoder = Encoder(c, obs_shape, name="encoder")
         decoder = Decoder(c, obs_shape, name="decoder")
-        gru = hk.GRU(c.num_hidden_units, name="gru")
-        transition_input = MLP(c.num_hidden_units, 1, c.activation, one_hot_block=latents(c).one_hot_block(0),
-                               name="transition_input")
-        prior_net = MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, latents(c).param_size, name="prior")
-        posterior_net = MLP(c.num_hidden_units, c.num_hidden_layers - 1, c.activation, latents(c).param_size,
-                            name="posterior")
+        gru = NormGRU(c.num_hidden_units, name="gru") if c.layer_norm else hk.GRU(c.num_hidden_units, name="gru")
+        mlp = lambda layers, output_size=None, **kw: MLP(c.num_hidden_units, layers, c.activation, output_size,
+                                                         norm=c.layer_norm, **kw)
+        transition_input = mlp(1, one_hot_block=latents(c).one_hot_block(0), name="transition_input")
+        prior_net = mlp(c.num_hidden_layers, latents(c).param_size, name="prior")
+        posterior_net = mlp(c.num_hidden_layers - 1, latents(c).param_size, name="posterior")
         # The posterior's first layer reads [h, encoder output]; its two blocks of rows are separate layers
         # (initialised as the one layer over H + E inputs would be) so the encoder's block runs batched.
         first_init = hk.initializers.TruncatedNormal(
             1.0 / np.sqrt(c.num_hidden_units + encoder_output_size(c, obs_shape)))
         posterior_h = hk.Linear(c.num_hidden_units, w_init=first_init, name="posterior_h")
         posterior_embed = hk.Linear(c.num_hidden_units, with_bias=False, w_init=first_init, name="posterior_embed")
-        reward_net = MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, 2, name="reward")
-        termination_net = MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, 1, name="termination")
+        reward_net = mlp(c.num_hidden_layers, reward_head_size(c), zero_output=c.zero_init_heads, name="reward")
+        termination_net = mlp(c.num_hidden_layers, 1, name="termination")
 
         def transition(h, z, action):
             check_trailing_shape("transition h", h, (c.num_hidden_units,))
             check_trailing_shape("transition z", z, (latents(c).size,))
             x = transition_input(jnp.concatenate([z, jax.nn.one_hot(action, num_actions, dtype=z.dtype)], -1))
+            if c.layer_norm:
+                return gru(x, h)
             _, next_h = gru(x, h)
             return next_h
 
@@ -216,7 +249,8 @@ def make_world_model(config: Config, obs_shape: tuple[int, ...], num_actions: in
             return posterior_embed(encoder(obs))
 
         def posterior(h, embed):
-            return posterior_net(ACTIVATIONS[c.activation](posterior_h(h) + embed))
+            x = posterior_h(h) + embed
+            return posterior_net(ACTIVATIONS[c.activation](layer_norm(x) if c.layer_norm else x))
 
         def termination(h):
             return termination_net(h)[..., 0]
@@ -234,17 +268,19 @@ def make_world_model(config: Config, obs_shape: tuple[int, ...], num_actions: in
 
 
 def make_actor_critic(config: Config, num_actions: int):
-    """(actor, critic) haiku transforms: feature [..., H+Z] -> action logits [..., A] / value [...]. A categorical
-    latent in the features must be a sample, as in `WorldModel`."""
+    """(actor, critic) haiku transforms: feature [..., H+Z] -> action logits [..., A] / critic outputs [..., V]
+    (distributions.value_distribution reads them). A categorical latent in the features must be a sample, as
+    in `WorldModel`."""
     c = config
 
-    def head(output_size: int, name: str):
+    def head(output_size: int, name: str, zero_output: bool = False):
         def apply(feat):  # features [h, z]
             check_trailing_shape(f"{name} feature", feat, (c.num_hidden_units + latents(c).size,))
             return MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, output_size,
-                       latents(c).one_hot_block(c.num_hidden_units), name=name)(feat)
+                       latents(c).one_hot_block(c.num_hidden_units), norm=c.layer_norm, zero_output=zero_output,
+                       name=name)(feat)
         return apply
 
     actor = hk.without_apply_rng(hk.transform(head(num_actions, "actor")))
-    critic = hk.without_apply_rng(hk.transform(lambda feat: head(1, "critic")(feat)[..., 0]))
+    critic = hk.without_apply_rng(hk.transform(head(value_head_size(c), "critic", c.zero_init_heads)))
     return actor, critic

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.stats
 from scipy.stats import trim_mean
 
 CONFIDENCE = 0.95
@@ -133,25 +134,28 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
         return np.where(counts > 0, totals / np.maximum(counts, 1), np.nan)
 
 
-def bootstrap_mean_ci(values: np.ndarray, resamples: int = 2000, seed: int = RNG_SEED,
-                      confidence: float = CONFIDENCE, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap CI of the NaN-ignoring mean over axis 0 (seeds), for each column.
+def bootstrap_ci(values, statistic, resamples: int = 2000, seed: int = RNG_SEED,
+                 confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap CI (scipy.stats.bootstrap, seeds resampled with replacement, fixed RNG) of
+    `statistic(values, axis)` over axis 0 (seeds), for each column.
 
-    values: [S, T] (or [S]). Seeds are resampled with replacement; returns (low, high), each [T] (or scalar).
+    values: [S, T] (or [S]); returns (low, high), each [T] (or scalar). One seed gives its own value at both
+    ends; a column where some resample holds no numeric value gets NaN at both ends.
     """
     values = np.asarray(values, dtype=float)
-    squeeze = values.ndim == 1
-    table = values[:, None] if squeeze else values  # [S, T]
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, table.shape[0], size=(resamples, table.shape[0]))  # [B, S]
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.empty(table.shape[1]), np.empty(table.shape[1])
-    for start in range(0, table.shape[1], chunk):
-        block = table[:, start:start + chunk][picks]  # [B, S, chunk]
-        with np.errstate(invalid="ignore"), _quiet_nan_warnings():
-            means = np.nanmean(block, axis=1)  # [B, chunk]
-            low[start:start + chunk], high[start:start + chunk] = np.nanpercentile(means, [tail, 100 - tail], axis=0)
-    return (low[0], high[0]) if squeeze else (low, high)
+    if values.shape[0] < 2:
+        return values[0], values[0]
+    with np.errstate(invalid="ignore"), _quiet_nan_warnings():
+        interval = scipy.stats.bootstrap((values,), statistic, n_resamples=resamples, confidence_level=confidence,
+                                         method="percentile", axis=0, vectorized=True, batch=256,
+                                         rng=np.random.default_rng(seed)).confidence_interval
+    return interval.low, interval.high
+
+
+def bootstrap_mean_ci(values, resamples: int = 2000, seed: int = RNG_SEED,
+                      confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap CI of the NaN-ignoring mean over seeds (axis 0), see bootstrap_ci."""
+    return bootstrap_ci(values, np.nanmean, resamples, seed, confidence)
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ sys.path.insert(0, ROOT)
 import cli  # noqa: E402
 import huge_pages  # noqa: E402
 from config import Config, ConfigError, load_config  # noqa: E402
+from plot_metric import bootstrap_ci  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,15 +142,11 @@ def interquartile_mean(values, axis: int = -1):
 
 def iqm_bootstrap_ci(values, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
                      confidence: float = CONFIDENCE) -> tuple[float, float] | None:
-    """Percentile bootstrap CI of the IQM over seeds (seeds drawn with replacement, fixed RNG), None for fewer
-    than two seeds."""
+    """Percentile bootstrap CI of the IQM over seeds (plot_metric.bootstrap_ci), None for fewer than two seeds."""
     values = np.asarray(values, dtype=float)
     if values.size < 2:
         return None
-    picks = np.random.default_rng(seed).integers(0, values.size, size=(resamples, values.size))  # [B, S]
-    iqms = interquartile_mean(values[picks], axis=1)  # [B]
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(iqms, [tail, 100 - tail])
+    low, high = bootstrap_ci(values, interquartile_mean, resamples, seed, confidence)
     return float(low), float(high)
 
 

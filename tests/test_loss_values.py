@@ -415,7 +415,7 @@ def linear_actor(params, feat):
 
 
 def linear_critic(params, feat):
-    return feat @ params["w"] + params["b"]  # [..., D] -> value [...]
+    return (feat @ params["w"] + params["b"])[..., None]  # [..., D] -> critic output [..., 1] (the value)
 
 
 def start_states(config, seed, count):

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
 import pytest
 
 import plot_metric
@@ -66,9 +67,10 @@ def test_summary_equals_hand_computation(outputs, capsys):
     assert a["seeds"] == 4
     assert a["final"] == pytest.approx(31 / 4, rel=1e-5)
     assert a["iqm"] == pytest.approx((4 + 5) / 2, rel=1e-5)  # 4 seeds: drop the lowest and highest
-    picks = np.random.default_rng(plot_metric.RNG_SEED).integers(0, 4, size=(2000, 4))
-    low, high = np.percentile(finals[picks].mean(axis=1), [2.5, 97.5])
-    assert (a["ci_low"], a["ci_high"]) == (pytest.approx(low, rel=1e-5), pytest.approx(high, rel=1e-5))
+    interval = scipy.stats.bootstrap((finals,), np.mean, n_resamples=2000, method="percentile",
+                                     rng=np.random.default_rng(plot_metric.RNG_SEED)).confidence_interval
+    assert (a["ci_low"], a["ci_high"]) == (pytest.approx(interval.low, rel=1e-5),
+                                           pytest.approx(interval.high, rel=1e-5))
     assert 2.0 <= a["ci_low"] < a["final"] < a["ci_high"] <= 20.0
     assert rows["b.out"] == {"seeds": 4, "final": 3.0, "iqm": 3.0, "ci_low": 3.0, "ci_high": 3.0}
 
@@ -111,3 +113,14 @@ def test_errors_exit_2_with_one_line(outputs, tmp_path, capsys, case, message):
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("plot_metric.py: error:")
     assert not Path(png).exists()
+
+
+def test_bootstrap_ci_per_column():
+    # Column 0: every seed the same value, so every resample's mean is that value. Column 1: no numeric value.
+    # Column 2: the CI lies inside the values' range and holds their mean. One seed: its value at both ends.
+    values = np.array([[3.0, np.nan, 0.0], [3.0, np.nan, 1.0], [3.0, np.nan, 4.0], [3.0, np.nan, 7.0]])
+    low, high = plot_metric.bootstrap_mean_ci(values)
+    assert (low[0], high[0]) == (3.0, 3.0)
+    assert np.isnan(low[1]) and np.isnan(high[1])
+    assert 0.0 <= low[2] < 3.0 < high[2] <= 7.0
+    np.testing.assert_array_equal(plot_metric.bootstrap_mean_ci(values[:1])[0], values[0])
