@@ -13,15 +13,16 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from config import Config, config_to_dict
+from config import OBSERVATION_KEYS, Config, config_to_dict
 
 FORMAT = "dreamer-jax checkpoint"
 FORMAT_VERSION = 1
 PROJECT_VERSION = "0.1.0"  # bump when the run state changes in a way old checkpoints cannot follow
 HEADER_KEY = "__header__"  # the JSON header, stored as a uint8 array of its UTF-8 bytes
 # Keys of the config a resume may change: the length of the run, how often it is checkpointed, and how many
-# seeds' updates run together (a speed and memory setting whose default depends on the device).
-RESUMABLE_KEYS = ("num_steps", "checkpoint_frequency", "update_seed_batch")
+# seeds' updates run together (a speed and memory setting whose default depends on the device), and what is
+# observed of the run (evaluation, videos).
+RESUMABLE_KEYS = ("num_steps", "checkpoint_frequency", "update_seed_batch") + OBSERVATION_KEYS
 # Test hook: seconds to sleep inside a save, after the temp file is written and before it replaces the
 # checkpoint, so a test can kill the process in the middle of a save.
 TEST_SLEEP_ENV = "DREAMER_CHECKPOINT_TEST_SLEEP_S"

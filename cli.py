@@ -47,6 +47,15 @@ def build_arg_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--wandb", choices=MODES, default=None,
                         help="wandb mode: one run per seed; default offline unless WANDB_MODE is set "
                              "(offline runs are uploaded later with `wandb sync`)")
+    parser.add_argument("--video", action="store_true",
+                        help="write videos every video_every env steps and at the end: one episode of the agent per "
+                             "seed and the world model's predictions beside it (GIF and PNG, to --video_dir, wandb "
+                             "and --tensorboard)")
+    parser.add_argument("--video_dir", default=None, metavar="DIR",
+                        help="folder of the videos, one subfolder per seed (default: the -o file's name without "
+                             "its extension, plus _videos)")
+    parser.add_argument("--tensorboard", default=None, metavar="DIR",
+                        help="also write the metrics (and videos) as TensorBoard event files, one subfolder per seed")
     parser.add_argument("--save_checkpoint", default="checkpoint.ckpt", metavar="PATH",
                         help="checkpoint written every checkpoint_frequency env steps, at the end and on "
                              "SIGINT/SIGTERM (default checkpoint.ckpt; '' for none)")

@@ -127,6 +127,21 @@ class Config:
     binary_state: bool = _opt(True, "observations are 0/1: Bernoulli likelihood and compact replay storage")
     jax_env: bool = _opt(True, "run the whole loop compiled (JAX environments only); false steps the "
                          "environments in Python between the agent's jitted pieces")
+    eval_every: int = _opt(
+        0, "env steps between evaluations: after each block that crosses a multiple of it, eval_episodes episodes "
+        "per seed on environments of their own, which change neither the training run nor its random stream; "
+        "0: no evaluation", ge=0)
+    eval_episodes: int = _opt(5, "episodes per seed and evaluation", ge=1)
+    eval_policy: str = _opt("mode", "actions in evaluation: the policy's most likely action (mode) or a sample",
+                            choices=("mode", "sample"))
+    eval_max_steps: int = _opt(10_000, "env steps per seed and evaluation at most; episodes unfinished by then "
+                               "are left out of eval_return", ge=1)
+    video_every: int = _opt(
+        10_000, "with --video: env steps between videos (after each block that crosses a multiple of it, and at "
+        "the end of the run): one episode of the agent per seed and the world model's predictions beside it",
+        ge=1)
+    video_max_frames: int = _opt(500, "frames of an episode video at most (at least the 5 frames of context the "
+                                 "model's open-loop prediction starts from, and 5 it predicts)", ge=10)
     env_config: EnvConfig = field(default_factory=EnvConfig, metadata={"help": "environment settings"})
     sweep: dict = field(default_factory=dict, metadata={
         "help": "hyper-parameter sweep: {KEY: [V1, V2, ...]} for sweepable keys (SWEEPABLE_KEYS); the run holds "
@@ -169,6 +184,11 @@ DREAMERV3 = {
     "model_alpha": 1e-4, "model_eps_adam": 1e-8, "model_grad_clip": 1000.0,  # Adam per module
     "pi_alpha": 3e-5, "V_alpha": 3e-5, "eps_adam": 1e-5, "grad_clip": 100.0, "wd_adam": 0.0,
 }
+
+
+# Keys that only change what is observed of a run (evaluation episodes, videos), never the run itself: a resume
+# may change them.
+OBSERVATION_KEYS = ("eval_every", "eval_episodes", "eval_policy", "eval_max_steps", "video_every", "video_max_frames")
 
 
 # Keys whose values only enter the computation as numbers (learning rates, loss weights, the entropy scale,

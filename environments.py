@@ -253,13 +253,14 @@ class PythonEnvironmentFamily:
         finally:
             probe.close()
 
-    def _make(self):
+    def _make(self, render: bool = False):
         gym = _import_gym(self.module)
         package = _register_provider(gym, self.env_name) if self.module == "gymnasium" else None
         if self.env_name not in gym.envs.registry:
             raise ConfigError(_unknown_python_id_message(self.module, self.env_name, package))
         # legacy gym's env checker calls np.bool8, which NumPy 2 removed: it is turned off
         extra = {"disable_env_checker": True} if self.module == "gym" else {}
+        extra.update({"render_mode": "rgb_array"} if render else {})
         try:
             return gym.make(self.env_name, **extra, **self.env_kwargs)
         except TypeError as error:
@@ -268,8 +269,9 @@ class PythonEnvironmentFamily:
         except gym.error.Error as error:  # e.g. a missing optional dependency of the env
             raise ConfigError(f"{self.module}.make('{self.env_name}') failed: {error}") from None
 
-    def instance(self, seed: int) -> "GymEnvironment":
-        return GymEnvironment(self._make(), self.spec, self.action_start, seed)
+    def instance(self, seed: int, render: bool = False) -> "GymEnvironment":
+        """One seed's environment; with `render`, made with render_mode "rgb_array" (for videos)."""
+        return GymEnvironment(self._make(render), self.spec, self.action_start, seed)
 
     def observations(self, count: int) -> np.ndarray:
         """First observations of `count` episodes (for the binary-state check)."""
@@ -303,6 +305,13 @@ class GymEnvironment:
         if terminated or truncated:
             obs = self.reset(None)
         return self._obs(obs), float(reward), bool(terminated), bool(truncated)
+
+    def render(self) -> np.ndarray:
+        """The current frame as uint8 RGB [H, W, 3] (an env made with render=True; raises where it cannot)."""
+        frame = self.env.render()
+        if frame is None:
+            raise ValueError(f"{type(self.env.unwrapped).__name__}.render() returned nothing")
+        return np.asarray(frame, np.uint8)
 
     def close(self):
         self.env.close()

@@ -18,8 +18,10 @@ from agent_environment_interaction_loop import (PYTHON_DRIVERS, BlockMetrics, co
                                                 make_block_function)
 from config import Config, ConfigError, config_to_dict, sweep_variants, variant_name
 from environments import environment_from_config, seed_environments
+from evaluation import RunObserver
 from initialization import (NUMERICAL_FAULT, NUMERICAL_FAULT_LOSSES, RunState, check_observations, make_agent,
                             run_hparams)
+from tensorboard_writer import TensorBoardSink
 from tracking import Tracker
 
 RETURN_WINDOW = 50  # episodes in the final per-seed summary
@@ -197,14 +199,16 @@ def show_progress(bar: tqdm, steps: int, recent_returns: list[float]) -> None:
 
 def run(config: Config, env, seed: int, output: str | None, progress: bool = True, tracker=None,
         save_checkpoint: str | None = None, resume: checkpoint.Resume | None = None,
-        diagnostics: bool = True) -> dict:
+        diagnostics: bool = True, video_dir: str | None = None, tensorboard=None) -> dict:
     """Trains `config.num_seeds` seeds for `config.num_steps` env steps, from the start or from `resume`.
     Saves a checkpoint to `save_checkpoint` (if given) every `checkpoint_frequency` env steps, at the end and
     after the current block on SIGINT/SIGTERM. Returns the final state, the completed episodes' returns per
     seed (on resume: the last RETURN_WINDOW before it, then the new ones), and timing figures. With
     `diagnostics`, each record after training starts also holds the model diagnostics (`diag_*`). A non-finite
     loss or gradient in any seed's update raises NumericalFault once its block's records are written, without
-    saving a checkpoint."""
+    saving a checkpoint. With `config.eval_every`, the blocks that cross a multiple of it add evaluation episodes'
+    returns to their records (`eval_*`); with `video_dir`, videos are written there (evaluation.RunObserver).
+    `tensorboard` (a tensorboard_writer.TensorBoardSink) gets the records and videos as the tracker does."""
     agent = make_agent(config, env)
     runs = runs_of(config, seed)
     seeds = runs.seeds
@@ -230,6 +234,8 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
     diag_keys = diagnostic_keys(seeds)
     diagnose = jit_diagnose(agent)  # compiled at its first use: runs that never train skip it
     compile_s = time.time() - compile_start if config.jax_env else None
+    # Evaluation and videos play on environments and keys of their own: they never change the run.
+    observer = RunObserver(config, env, agent, runs, video_dir) if config.eval_every or video_dir else None
 
     def save():
         checkpoint.save(save_checkpoint, state, {
@@ -257,6 +263,7 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
                     for i, record in enumerate(records):  # NaN: nothing to measure (e.g. no terminal step)
                         record.update({f"diag_{name}": float(value[i]) if np.isfinite(value[i]) else None
                                        for name, value in diag.items()})
+                media = observer.after_block(state, records, size) if observer else [{} for _ in records]
                 for i, seed_returns in enumerate(returns):
                     all_returns[i].extend(seed_returns)
                 if out:
@@ -265,6 +272,9 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
                     records_written += len(records)
                 if tracker:
                     tracker.log_block(records)
+                    tracker.log_media(int(state.env_steps[0]), media)
+                if tensorboard:
+                    tensorboard.log_block(records, media)
                 steps = int(state.env_steps[0])
                 show_progress(bar, steps, [r for rs in all_returns for r in rs[-RETURN_WINDOW:]])
                 faults = numerical_faults(metrics, state, runs, size)
@@ -281,6 +291,8 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
     finally:
         bar.close()
         envs.close()
+        if observer:
+            observer.close()
         if out:
             out.close()
     return {"state": state, "returns": all_returns, "compile_s": compile_s, "run_s": time.time() - run_start,
@@ -302,6 +314,13 @@ def print_summary(result: dict, seed: int) -> None:
         print(f"{variant}seed {runs.seeds[i]}: {episodes} episodes, mean return over the last {len(recent)}: {mean}")
 
 
+def video_folder(args: argparse.Namespace) -> str | None:
+    """Where --video writes: --video_dir, else the output file's name without its extension plus _videos."""
+    if not getattr(args, "video", False):
+        return None
+    return args.video_dir or os.path.splitext(args.output or "dreamer.out")[0] + "_videos"
+
+
 def run_command(args: argparse.Namespace, config: Config) -> int:
     """Runs a command line parsed and checked by `cli.script_main` (the scripts' entry, which imports this
     module only then): the environment and checkpoint checks (one sentence, exit 2, nothing
@@ -314,6 +333,9 @@ def run_command(args: argparse.Namespace, config: Config) -> int:
             raise ConfigError(f"output path {args.output!r} is a directory; -o needs a file name")
         if args.save_checkpoint:
             checkpoint.check_save_path(args.save_checkpoint)
+        for flag, folder in (("--video_dir", video_folder(args)), ("--tensorboard", args.tensorboard)):
+            if folder and os.path.exists(folder) and not os.path.isdir(folder):
+                raise ConfigError(f"{flag} {folder!r} is a file; it needs a folder (created if missing)")
         if args.load_checkpoint and not os.path.exists(args.load_checkpoint):
             print(f"warning: checkpoint {args.load_checkpoint!r} does not exist; starting a fresh run", file=sys.stderr)
         elif args.load_checkpoint:
@@ -337,12 +359,16 @@ def run_command(args: argparse.Namespace, config: Config) -> int:
                       mode=args.wandb, tags=args.tag, run_ids=wandb.get("run_ids"), variants=runs.variants)
     if tracker.active:
         print(f"wandb group {tracker.group} ({tracker.mode}), one run per {'variant and ' * bool(config.sweep)}seed")
+    tensorboard = TensorBoardSink(args.tensorboard, runs.seeds, runs.variants) if args.tensorboard else None
     try:
         try:
             result = run(config, env, seed, args.output, progress=not args.no_progress, tracker=tracker,
-                         save_checkpoint=args.save_checkpoint or None, resume=resume)
+                         save_checkpoint=args.save_checkpoint or None, resume=resume, video_dir=video_folder(args),
+                         tensorboard=tensorboard)
         finally:
             tracker.finish()
+            if tensorboard:
+                tensorboard.close()
     except NumericalFault as fault:  # reported once the output file is closed and the tracker finished
         print(f"error: {fault}", file=sys.stderr)
         return NUMERICAL_FAULT_EXIT_CODE

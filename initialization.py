@@ -64,7 +64,8 @@ class Agent(NamedTuple):
     """Pure per-seed functions; the loop vmaps them over seeds."""
 
     init_state: Callable  # (key, env_state, obs, hparams={}) -> RunState, given the env's first reset
-    act: Callable  # (params, hparams, h [H], obs [*obs], key) -> (action [], z [Z])
+    act: Callable  # (params, hparams, h [H], obs [*obs], key, greedy=False) -> (action [], z [Z]); greedy: the
+    # policy's mode instead of a sample
     next_h: Callable  # (params, h, z, action, episode_end) -> next h [H], zero after an episode end
     replay_obs: Callable  # obs [*obs] -> the compact frame replay stores
     train_update: Callable  # RunState -> (RunState, metrics dict of scalars, NUMERICAL_FAULT among them)
@@ -182,13 +183,13 @@ def make_agent(config: Config, env) -> Agent:
             env_steps=jnp.int32(0), updates=jnp.int32(0), episode_return=jnp.float32(0.0), episodes=jnp.int32(0),
             return_scale=jnp.float32(0.0), hparams={k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()})
 
-    def act(params: Params, hparams, h, obs, key):
+    def act(params: Params, hparams, h, obs, key, greedy: bool = False):
         post_key, action_key = jax.random.split(key)
         embed = wm.embed(params.world_model, obs.astype(jnp.float32))
         z, _ = observe_step(c, wm, params.world_model, h, embed, latents(c).noise(post_key, ()))
         unimix = hparams.get("actor_unimix", c.actor_unimix)  # a swept value, else the config's
         policy = Categorical.from_logits(actor.apply(params.actor, jnp.concatenate([h, z], -1)), unimix)
-        return policy.sample(action_key), z
+        return (policy.mode() if greedy else policy.sample(action_key)), z
 
     def next_h(params: Params, h, z, action, episode_end):
         return jnp.where(episode_end, 0.0, wm.transition(params.world_model, h, z, action))

@@ -103,6 +103,17 @@ def numeric_metrics(record: Mapping[str, Any]) -> dict[str, float | int]:
     return out
 
 
+def _histograms(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record's non-empty lists of numbers (the evaluation's per-episode returns) as wandb histograms."""
+    lists = {key: value for key, value in record.items() if isinstance(value, list) and value
+             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)}
+    if not lists:
+        return {}
+    import wandb
+
+    return {key: wandb.Histogram(value) for key, value in lists.items()}
+
+
 def _last_env_steps(run: Any) -> int | None:
     """The last env_steps a resumed run logged, from its summary: known online, None offline (wandb cannot
     see an offline run's earlier part)."""
@@ -255,8 +266,24 @@ class Tracker:
                     # its checkpoint, say before a crash)
                 # The wandb step is env_steps, so it is the same in every part of a resumed run (an offline
                 # resume restarts wandb's own counter at 0) and a block logged twice has one step.
-                self._runs[index].log(metrics, step=step)
+                self._runs[index].log({**metrics, **_histograms(record)}, step=step)
                 self._logged_up_to[index] = step if step is not None else last
+        except Exception as error:  # noqa: BLE001
+            self._fail(error)
+
+    def log_media(self, env_steps: int, media: Sequence[Mapping[str, str]]) -> None:
+        """Log each run's media files ({tag: path}, one dict per run in the order of the seeds) at `env_steps`:
+        GIFs as wandb videos, other images as wandb images."""
+        if not self._runs or not any(media):
+            return
+        try:
+            import wandb
+
+            for run, files in zip(self._runs, media):
+                if files:
+                    run.log({"env_steps": env_steps, **{
+                        tag: wandb.Video(path, format="gif") if path.endswith(".gif") else wandb.Image(path)
+                        for tag, path in files.items()}}, step=env_steps)
         except Exception as error:  # noqa: BLE001
             self._fail(error)
 

@@ -6,8 +6,15 @@ into a temporary folder). Overheads are given as % of the block's time, as measu
 per block and extrapolated to the config's `eval_frequency` (logging costs the same per block, the block
 grows with its steps).
 
+With `--observe`, also what a block that evaluates and writes videos adds (evaluation.RunObserver): the
+evaluation episodes (`eval_episodes` per seed, `eval_policy`), one recorded episode per seed with the model's
+dream of it drawn to GIF and PNG files, and TensorBoard event files of the records and those files. They run
+only after the blocks that cross a multiple of `eval_every` / `video_every`, so their share of the run is the
+per-block figure times eval_frequency / eval_every (given for the config's or `--set` values).
+
     python3 bench/bench_logging.py -c configs/quickstart.json
     python3 bench/bench_logging.py -c config.json --seeds 1 --steps 50
+    python3 bench/bench_logging.py -c configs/quickstart.json --observe --set eval_every=10000
 """
 
 import argparse
@@ -33,7 +40,9 @@ import numpy as np  # noqa: E402
 
 from config import config_to_dict, load_config  # noqa: E402
 from environments import environment_from_config  # noqa: E402
-from experiment import block_records, diagnostic_keys, jit_diagnose  # noqa: E402
+from evaluation import RunObserver  # noqa: E402
+from experiment import block_records, diagnostic_keys, jit_diagnose, runs_of  # noqa: E402
+from tensorboard_writer import TensorBoardSink  # noqa: E402
 from tracking import Tracker  # noqa: E402
 
 from bench_loop import compiled_block, machine_info  # noqa: E402  (this folder)
@@ -47,6 +56,8 @@ def main(argv=None):
     parser.add_argument("--blocks", type=int, default=3, help="timed training blocks (medians are reported)")
     parser.add_argument("--wandb", default="offline", choices=("offline", "disabled"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--observe", action="store_true",
+                        help="also time evaluation episodes, videos and TensorBoard files after each block")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set)
     eval_frequency = config.eval_frequency
@@ -66,6 +77,16 @@ def main(argv=None):
     tracker = Tracker(config_to_dict(config), list(range(num_seeds)), "bench", mode=args.wandb, directory=folder)
     out = io.BytesIO()
     times = {name: [] for name in ("block", "records", "diagnostics", "write", "wandb")}
+    observed = ("evaluation", "tensorboard", "video") if args.observe else ()
+    times.update({name: [] for name in observed})
+    if args.observe:
+        env = environment_from_config(config)
+        observer = RunObserver(config, env, agent, runs_of(config, 0), os.path.join(folder, "videos"))
+        tensorboard = TensorBoardSink(os.path.join(folder, "tensorboard"), runs_of(config, 0).seeds)
+        start = time.perf_counter()  # compiled at first use, as in a run
+        observer.evaluate(state, 0)
+        observer.record(state, 0)
+        observe_compile_s = time.perf_counter() - start
     for _ in range(args.blocks):
         start = time.perf_counter()
         state, metrics = block(state)
@@ -88,10 +109,22 @@ def main(argv=None):
         start = time.perf_counter()
         tracker.log_block(records)
         times["wandb"].append(time.perf_counter() - start)
+        if args.observe:
+            steps_now = int(state.env_steps[0])
+            start = time.perf_counter()
+            episodes = observer.evaluate(state, steps_now)
+            times["evaluation"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            tensorboard.log_block(records)
+            times["tensorboard"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            media = observer.videos(state, steps_now)
+            tensorboard.log_media(steps_now, media)
+            times["video"].append(time.perf_counter() - start)
     tracker.finish()
 
     median = {name: statistics.median(values) for name, values in times.items()}
-    logging_s = sum(v for name, v in median.items() if name != "block")
+    logging_s = sum(v for name, v in median.items() if name not in ("block", *observed))
     block_at_eval = median["block"] / steps * eval_frequency
 
     def pct(seconds, block_s):
@@ -105,6 +138,21 @@ def main(argv=None):
                                         "logging_total": pct(logging_s, median["block"])},
         "overhead_pct_of_eval_frequency_block": {"diagnostics": pct(median["diagnostics"], block_at_eval),
                                                  "logging_total": pct(logging_s, block_at_eval)},
+        **({"observe": {
+            "eval_episodes": config.eval_episodes, "eval_policy": config.eval_policy,
+            "eval_max_steps": config.eval_max_steps, "video_max_frames": config.video_max_frames,
+            "eval_episode_lengths": [int(x) for x in np.asarray(episodes.lengths).ravel()],
+            "compile_s": observe_compile_s,
+            "pct_of_timed_block": {name: pct(median[name], median["block"]) for name in observed},
+            "pct_of_eval_frequency_block": {name: pct(median[name], block_at_eval) for name in observed},
+            # TensorBoard scalars after every block; evaluation and videos (with their TensorBoard images)
+            # amortised over the blocks between two of them
+            "pct_of_run": {
+                "tensorboard_scalars": pct(median["tensorboard"], block_at_eval),
+                "evaluation": (round(pct(median["evaluation"], block_at_eval) * eval_frequency / config.eval_every, 3)
+                               if config.eval_every else None),
+                "video": round(pct(median["video"], block_at_eval) * eval_frequency / config.video_every, 3)},
+        }} if args.observe else {}),
         "block_compile_s": block_compile_s, "diagnose_compile_s": diagnose_compile_s,
         "diag_keys": sorted(diag),
         "machine": machine_info(),

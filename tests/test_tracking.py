@@ -268,3 +268,27 @@ def test_resumed_run_continues_each_seeds_wandb_run_without_duplicate_steps(wand
         assert all(row["_step"] == row["env_steps"] for row in history)
         assert parts[run_id][0].history[-1]["env_steps"] == stopped["env_steps"]
         assert "diag_kl" in history[-1]  # model diagnostics reach wandb once training has started
+
+
+def test_media_and_per_episode_returns_are_logged(wandb_env, tmp_path):
+    from PIL import Image
+
+    gif, png = str(tmp_path / "episode.gif"), str(tmp_path / "strip.png")
+    frames = [Image.new("RGB", (8, 6), (255 * (i % 2), 0, 0)) for i in range(3)]
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100)
+    frames[0].save(png)
+    out = wandb_env / "runs"
+    tracker = Tracker(CONFIG, [0, 1], "media", mode="offline", directory=str(out))
+    records = _records(500, [1.0, 2.0])
+    records[0]["eval_returns"] = [1.0, -1.0, 1.0]
+    tracker.log_block(records)
+    tracker.log_media(500, [{"video/episode": gif, "video/dream_strip": png}, {}])
+    tracker.finish()
+    runs = {run.name: run for run in map(read_offline_run, _run_files(out))}
+    (row,) = runs["media-seed0"].history  # the media join the block's row: the same step (keys flattened)
+    assert row["env_steps"] == 500 and row["episode_return"] == 1.0
+    assert row["eval_returns/_type"] == "histogram" and sum(row["eval_returns/values"]) == 3
+    assert row["video/episode/_type"] == "video-file" and row["video/episode/path"].endswith(".gif")
+    assert row["video/dream_strip/_type"] == "image-file" and row["video/dream_strip/width"] == 8
+    assert [row["env_steps"] for row in runs["media-seed1"].history] == [500]  # no media, no histogram
+    assert not any(key.startswith(("eval_returns", "video")) for key in runs["media-seed1"].history[0])
