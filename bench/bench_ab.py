@@ -32,9 +32,13 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 
 # The project's modules, imported afresh from each checkout (its bench_update for `filled_replay`).
-PROJECT_MODULES = ("agent_environment_interaction_loop", "bench_loop", "bench_update", "checkpoint", "cli", "config",
-                   "environments", "experiment", "huge_pages", "initialization", "losses_and_evaluation", "networks",
-                   "replay_buffer", "tracking")
+def drop_project_modules(checkouts) -> None:
+    """Forgets every imported module whose file lies in one of `checkouts`, so the next import of a project
+    module reads the checkout now first on sys.path (the two checkouts' modules share their names)."""
+    roots = tuple(os.path.join(os.path.abspath(checkout), "") for checkout in checkouts)
+    for name, module in list(sys.modules.items()):
+        if os.path.abspath(getattr(module, "__file__", None) or "").startswith(roots):
+            sys.modules.pop(name, None)
 
 
 def describe(checkout: str) -> str | None:
@@ -49,8 +53,7 @@ def describe(checkout: str) -> str | None:
 
 def compiled_update(checkout: str, config_path: str, overrides: list[str]):
     """(compiled train_update, a state with a filled replay) built from `checkout`'s own modules."""
-    for name in PROJECT_MODULES:
-        sys.modules.pop(name, None)
+    drop_project_modules((HERE, checkout))
     saved_path = list(sys.path)
     sys.path[:0] = [checkout, os.path.join(checkout, "bench")]
     try:
@@ -75,8 +78,7 @@ def compiled_update(checkout: str, config_path: str, overrides: list[str]):
         return update, state
     finally:
         sys.path[:] = saved_path
-        for name in PROJECT_MODULES:
-            sys.modules.pop(name, None)
+        drop_project_modules((HERE, checkout))
 
 
 def main(argv=None):
