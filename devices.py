@@ -239,10 +239,11 @@ def jit_block(block: Callable, placement: Placement) -> Callable:
     return jit_one_program(placement.over_runs(lambda state: block(state), out_specs=(RUNS, metrics)))
 
 
-def python_drivers(placement: Placement):
+def python_drivers(placement: Placement, num_runs: int):
     """The loop's Python drivers, whose jitted pieces (act, store, update, target refresh) each device runs
-    on its own share of the runs."""
-    from agent_environment_interaction_loop import PYTHON_DRIVERS, compiler_options
+    on its own share of the runs. With several processes, each step's outputs are taken to this process's
+    runs on the host before they are stacked."""
+    from agent_environment_interaction_loop import PYTHON_DRIVERS, compiler_options, python_scan
     if not placement.sharded:
         return PYTHON_DRIVERS
 
@@ -250,4 +251,15 @@ def python_drivers(placement: Placement):
         return jax.jit(placement.over_runs_by_shape(piece), donate_argnums=0 if donate_first else (),
                        compiler_options=compiler_options())
 
-    return PYTHON_DRIVERS._replace(compile=compile_piece)
+    drivers = PYTHON_DRIVERS._replace(compile=compile_piece)
+    if placement.process_count == 1:
+        return drivers
+    mine = placement.local_runs(num_runs)
+
+    def step_outputs_to_host(outputs):
+        """A step's outputs (runs on the leading axis; the skipped update's zeros hold every run, as in every
+        process) -> this process's runs."""
+        return jax.tree.map(lambda x: x[mine.start:mine.stop] if isinstance(x, np.ndarray) and x.ndim
+                            and x.shape[0] == num_runs else _local_array(x), outputs)
+
+    return drivers._replace(scan=lambda *args, **kwargs: python_scan(*args, **kwargs, to_host=step_outputs_to_host))

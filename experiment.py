@@ -250,7 +250,7 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
     agent = make_agent(config, env)
     runs = local_runs(config, seed, placement)
     seeds = runs.seeds
-    envs = seed_environments(env, seeds, config.jax_env)
+    envs = seed_environments(env, seeds, config.jax_env, placement)
     if resume:
         state = resume.state if config.jax_env else restart_python_episodes(resume.state, envs, seeds)
         state = placement.put(state)
@@ -267,7 +267,8 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
             block = devices.jit_block(make_block_function(config, agent, envs, size), placement)
             compiled[size] = block.lower(state).compile()
     else:  # a Python loop whose jitted pieces compile on their first use, once for every block size
-        block = make_block_function(config, agent, envs, config.eval_frequency, devices.python_drivers(placement))
+        drivers = devices.python_drivers(placement, config.num_runs)
+        block = make_block_function(config, agent, envs, config.eval_frequency, drivers)
         compiled = {size: (lambda state, size=size: block(state, size)) for size in set(block_sizes)}
     # Model diagnostics once per block after training starts, on sequences drawn with a fixed key per seed
     # (the run's key is not touched, so diagnostics never change the run).
@@ -327,7 +328,8 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
                                         or steps // period > (steps - size) // period):
                     save()
                 if stopping:
-                    print(f"\nstopped by {stop.requested or 'a signal to another process'} at env step {steps}; checkpoint saved to {save_checkpoint}; "
+                    signal_name = stop.requested or "a signal to another process"
+                    print(f"\nstopped by {signal_name} at env step {steps}; checkpoint saved to {save_checkpoint}; "
                           f"resume with the same command plus --load_checkpoint {save_checkpoint}", file=sys.stderr)
                     break
     finally:
@@ -366,9 +368,6 @@ def run_command(args: argparse.Namespace, config: Config) -> int:
     output, save_path = placement.process_path(args.output), placement.process_path(args.save_checkpoint)
     try:
         placement.check(config)
-        if placement.process_count > 1 and not config.jax_env:
-            raise ConfigError("environments stepped in Python (jax_env false) run in one process; run them on "
-                              "the devices of one machine without --num_processes (or use a gymnax environment)")
         env = environment_from_config(config)
         check_observations(config, env)
         if output and os.path.isdir(output):

@@ -63,15 +63,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def two_processes(folder, *args):
-    """The entry script as 2 processes of 2 CPU devices each, joined on localhost: their (exit code, stderr)."""
+def two_processes(folder, *args, devices_each=2, seeds=4):
+    """The entry script as 2 processes of `devices_each` CPU devices each, joined on localhost: their (exit code,
+    stderr)."""
     env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
-                                      + " --xla_force_host_platform_device_count=2").strip())
+                                      + f" --xla_force_host_platform_device_count={devices_each}").strip())
     port = free_port()
     command = [sys.executable, os.path.join(ROOT, "dreamer_multiseed.py"), "-c",
-               os.path.join(ROOT, "configs", "debug.json"), "--set", "num_seeds=4", "--set", "update_seed_batch=1",
-               "--wandb", "disabled", "--no_progress", "-o", "run.out", "--save_checkpoint", "run.ckpt",
-               "--coordinator_address", f"localhost:{port}", "--num_processes", "2", *args]
+               os.path.join(ROOT, "configs", "debug.json"), "--set", f"num_seeds={seeds}",
+               "--set", "update_seed_batch=1", "--wandb", "disabled", "--no_progress", "-o", "run.out",
+               "--save_checkpoint", "run.ckpt", "--coordinator_address", f"localhost:{port}", "--num_processes", "2",
+               *args]
     processes = [subprocess.Popen(command + ["--process_id", str(i)], cwd=folder, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for i in range(2)]
     return [(p.wait(timeout=600), p.communicate()[1]) for p in processes]
@@ -114,3 +116,23 @@ def test_process_files_and_valid_seed_counts():
     assert devices.valid_seed_counts(8, 1) == 8
     assert devices.valid_seed_counts(8, 2) == 4  # 2 variants: 4 seeds make 8 runs
     assert devices.valid_seed_counts(4, 3) == 4
+
+
+def test_two_processes_step_their_own_python_environments(one_process, tmp_path):
+    # Catch through the Python drivers: each process holds the env object of its one seed, on its one device.
+    # The Python drivers' float rounding differs from the compiled block's (tests/test_python_environments.py).
+    for code, stderr in two_processes(tmp_path, "--set", "jax_env=false", "--set", "num_steps=150",
+                                      devices_each=1, seeds=2):
+        assert code == 0, stderr[-3000:]
+    records = [read_records(tmp_path / f"run.process{i}-of-2.out") for i in range(2)]
+    assert [{r["seed"] for r in rs} for rs in records] == [{0}, {1}]
+    reference = {(r["seed"], r["env_steps"]): r for r in one_process["one_device"]}
+    trained = 0
+    for record in records[0] + records[1]:
+        expected = reference[record["seed"], record["env_steps"]]
+        assert (record["episodes"], record["episode_return"], record["updates"]) == \
+            (expected["episodes"], expected["episode_return"], expected["updates"])
+        for name in (k for k in expected if k.endswith("loss") and expected[k] is not None):
+            np.testing.assert_allclose(record[name], expected[name], rtol=1e-4, atol=1e-5, err_msg=name)
+            trained += 1
+    assert trained > 0
