@@ -188,6 +188,8 @@ def checkpoint_process_count(path: str) -> int | None:
 def checkpoint_to_load(path: str, placement: Placement) -> str | None:
     """This process's file of the checkpoint `path`, or None where no process wrote one (a fresh run). A
     checkpoint written by another number of processes is refused with one sentence (ConfigError)."""
+    if placement.process_count > 1 and os.path.exists(placement.process_path(path)):
+        return placement.process_path(path)
     count = checkpoint_process_count(path)
     if count is None:
         return None

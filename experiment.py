@@ -248,7 +248,7 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
     placement = placement or devices.Placement()
     placement.check(config)
     agent = make_agent(config, env)
-    runs = local_runs(config, seed, placement)
+    runs, mine = local_runs(config, seed, placement), placement.local_runs(config.num_runs)
     seeds = runs.seeds
     envs = seed_environments(env, seeds, config.jax_env, placement)
     if resume:
@@ -288,7 +288,6 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
             "output": checkpoint.output_position(output, out.tell() if out else 0, records_written),
             "wandb": {"group": tracker.group, "run_ids": tracker.run_ids} if tracker else None, **processes})
 
-    mine = placement.local_runs(config.num_runs)
     bar = ProgressBar(config.num_steps, progress and placement.process_index == 0)
     out = checkpoint.open_output(output, resume.output_bytes if resume else None) if output else None
     run_start = time.time()

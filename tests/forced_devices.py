@@ -1,7 +1,7 @@
 """Run by tests/test_devices.py in a subprocess of its own, as CPU devices can be forced only before JAX is imported:
 `python3 forced_devices.py RESULT_JSON FOLDER` forces 4 CPU devices, then runs the debug config's 4 seeds
-- on 1 device (today's program), on 4 devices, and on 4 devices to env step 100 with a checkpoint resumed on 2
-  devices to the end;
+- on 1 device (today's program), and on 4 devices to env step 150 (training from step 100 on) with a checkpoint
+  resumed on 2 devices to the end (200);
 - and asks a 4-device placement to take 3 seeds;
 and writes every run's records (without the measured steps per second) and the refusal's sentence to RESULT_JSON."""
 
@@ -44,14 +44,13 @@ def main(result_path, folder):
         result[name] = records(output)
 
     run("one_device", 1)
-    run("four_devices", 4)
-    first_part = load_config(os.path.join(ROOT, "configs", "debug.json"), SEEDS + ["num_steps=100"])
+    first_part = load_config(os.path.join(ROOT, "configs", "debug.json"), SEEDS + ["num_steps=150"])
     saved = os.path.join(folder, "sharded.ckpt")
     run("first_part", 4, first_part, save_checkpoint=saved)
     expected = experiment.state_shapes(config, make_agent(config, env), seed_environments(env, range(4), True))
     resume = checkpoint.prepare_resume(saved, config_to_dict(config), expected, None, config.num_steps,
                                        os.path.join(folder, "first_part.out"))
-    run("resumed_on_two_devices", 2, file="first_part", resume=resume)  # continues the first part's file
+    run("four_then_two_devices", 2, file="first_part", resume=resume)  # continues the first part's file
     try:
         devices.Placement(jax.devices()).check(load_config(os.path.join(ROOT, "configs", "debug.json"),
                                                            ["num_seeds=3"]))

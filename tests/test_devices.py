@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import devices
+from config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,12 +44,13 @@ def assert_same_records(actual, expected):
 
 
 def test_four_seeds_on_four_and_two_devices_match_one_device(one_process):
+    # run on 4 devices to env step 150 (3 blocks, the last one training), saved, resumed on 2 devices from the
+    # sharded checkpoint to 200: the same records as on one device
     assert one_process["devices"] == 4
     reference = one_process["one_device"]
     assert len(reference) == 4 * 4  # 4 seeds x 4 blocks
-    assert_same_records(one_process["four_devices"], reference)
-    # written on 4 devices to env step 100, resumed on 2 from the sharded checkpoint: the same run
-    assert_same_records(one_process["resumed_on_two_devices"], reference)
+    assert sum(r["env_steps"] == 150 and r["updates"] > 0 for r in reference) == 4
+    assert_same_records(one_process["four_then_two_devices"], reference)
 
 
 def test_a_seed_count_the_devices_cannot_share_is_refused_with_one_sentence(one_process):
@@ -87,7 +89,7 @@ def read_records(path):
 
 
 def test_two_processes_match_one_process_and_write_each_file_once(one_process, tmp_path):
-    for code, stderr in two_processes(tmp_path, "--set", "num_steps=100"):
+    for code, stderr in two_processes(tmp_path, "--set", "num_steps=150"):
         assert code == 0, stderr[-3000:]
     for code, stderr in two_processes(tmp_path, "--load_checkpoint", "run.ckpt"):  # the same processes resume
         assert code == 0, stderr[-3000:]
@@ -96,7 +98,7 @@ def test_two_processes_match_one_process_and_write_each_file_once(one_process, t
                      "run.process1-of-2.out"]
     first, second = (read_records(tmp_path / f"run.process{i}-of-2.out") for i in range(2))
     assert {r["seed"] for r in first} == {0, 1} and {r["seed"] for r in second} == {2, 3}
-    assert_same_records(first + second, one_process["four_devices"])
+    assert_same_records(first + second, one_process["one_device"])
 
     # one process cannot resume what two wrote: one sentence, exit 2, nothing written
     result = subprocess.run([sys.executable, os.path.join(ROOT, "dreamer_multiseed.py"), "-c",
@@ -136,3 +138,40 @@ def test_two_processes_step_their_own_python_environments(one_process, tmp_path)
             np.testing.assert_allclose(record[name], expected[name], rtol=1e-4, atol=1e-5, err_msg=name)
             trained += 1
     assert trained > 0
+
+
+class TwoProcesses:
+    """What devices.checkpoint_to_load and check_checkpoint_runs read of a Placement: process 1 of 2."""
+    process_index, process_count = 1, 2
+
+    def process_path(self, path):
+        return devices.process_path(path, 1, 2)
+
+
+def test_a_checkpoint_is_resumed_by_as_many_processes_as_wrote_it(tmp_path):
+    path = str(tmp_path / "run.ckpt")
+    assert devices.checkpoint_process_count(path) is None
+    assert devices.checkpoint_to_load(path, TwoProcesses()) is None  # nothing written yet: a fresh run
+    for i in range(4):
+        (tmp_path / f"run.process{i}-of-4.ckpt").write_bytes(b"")
+    assert devices.checkpoint_process_count(path) == 4
+    with pytest.raises(ConfigError, match=r"^checkpoint '.*run.ckpt' was written by 4 processes \(files "
+                       r".*run.process0-of-4.ckpt, \.\.\.\), and this run has 2; resume it with 4 processes$"):
+        devices.checkpoint_to_load(path, TwoProcesses())
+    (tmp_path / "run.process1-of-2.ckpt").write_bytes(b"")
+    assert devices.checkpoint_to_load(path, TwoProcesses()) == str(tmp_path / "run.process1-of-2.ckpt")
+
+    header = {"processes": {"count": 2, "index": 1, "runs": [4, 8]}}
+    devices.check_checkpoint_runs(path, header, TwoProcesses(), range(4, 8))
+    with pytest.raises(ConfigError, match=r"holds runs \[4, 8\] of process 1 of 2, but this process 1 of 2 "
+                       r"holds runs \[2, 4\]; resume it with the same processes and devices per process$"):
+        devices.check_checkpoint_runs(path, header, TwoProcesses(), range(2, 4))
+
+
+def test_joining_a_distributed_run_is_asked_for_and_checked():
+    assert devices.initialize_distributed(environ={}) is False  # no flag, no launcher: one process
+    assert devices.initialize_distributed(environ={"SLURM_NTASKS": "1"}) is False
+    with pytest.raises(devices.DistributedError, match=r"^--process_id must be in 0\.\.1 for 2 processes, not 2$"):
+        devices.initialize_distributed("localhost:1234", 2, 2, environ={})
+    with pytest.raises(devices.DistributedError, match=r"^--num_processes must be at least 1, not 0$"):
+        devices.initialize_distributed("localhost:1234", 0, 0, environ={})
