@@ -388,7 +388,16 @@ def run_command(args: argparse.Namespace, config: Config) -> int:
                                                config.num_steps, output)
     except (ConfigError, checkpoint.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
+        if placement.process_count > 1:
+            placement.any_process([True, False, False])  # so that the other processes stop too
         return 2
+    if placement.process_count > 1:  # every process resumes, or none does; none starts while another stopped
+        refused, resumed, fresh = placement.any_process([False, resume is not None, resume is None])
+        if refused or (resumed and fresh):
+            why = ("another process refused its part of the run" if refused else
+                   f"some processes found their file of checkpoint {args.load_checkpoint!r} and others did not")
+            print(f"error: {why}; nothing was run", file=sys.stderr)
+            return 2
     seed = resume.seed if resume else (args.seed or 0)
     variants = sweep_variants(config)
     sweep = f"{len(variants)} variants ({'; '.join(map(variant_name, variants))}) x " if config.sweep else ""
