@@ -39,7 +39,8 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     multi-task launcher JAX detects itself (Slurm's SLURM_NTASKS, Open MPI's OMPI_COMM_WORLD_SIZE above 1, or a
     set JAX_COORDINATOR_ADDRESS). Returns whether it joined; must run before JAX uses any device."""
     given = any(value is not None for value in (coordinator_address, num_processes, process_id))
-    launched = (int(environ.get("SLURM_NTASKS", "1") or 1) > 1 or int(environ.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
+    tasks = [environ.get(name, "") for name in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")]
+    launched = (any(count.isdigit() and int(count) > 1 for count in tasks)
                 or bool(environ.get("JAX_COORDINATOR_ADDRESS")))
     if not given and not launched:
         return False
@@ -57,8 +58,9 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     return True
 
 
-def valid_seed_counts(num_devices: int, num_variants: int) -> int:
-    """The step between valid num_seeds on `num_devices` devices: num_variants x num_seeds runs must split evenly."""
+def seed_count_multiple(num_devices: int, num_variants: int) -> int:
+    """The number every valid num_seeds is a multiple of on `num_devices` devices, so that num_variants x num_seeds
+    runs split evenly."""
     return num_devices // math.gcd(num_devices, num_variants)
 
 
@@ -90,7 +92,7 @@ class Placement:
         if config.num_runs % self.num_devices == 0:
             return
         variants = config.num_runs // config.num_seeds
-        step = valid_seed_counts(self.num_devices, variants)
+        step = seed_count_multiple(self.num_devices, variants)
         runs = f"{config.num_seeds} seeds x {variants} variants = {config.num_runs} runs" if variants > 1 else \
             f"{config.num_seeds} seeds"
         raise ConfigError(f"{runs} cannot be shared evenly by {self.num_devices} devices; num_seeds must be a "

@@ -111,13 +111,13 @@ def test_two_processes_match_one_process_and_write_each_file_once(one_process, t
     assert sorted(os.listdir(tmp_path)) == files
 
 
-def test_process_files_and_valid_seed_counts():
+def test_process_files_and_seed_count_multiple():
     assert devices.process_path("dreamer.out", 0, 1) == "dreamer.out"
     assert devices.process_path("out/run.ckpt", 1, 4) == "out/run.process1-of-4.ckpt"
     assert devices.process_path("", 1, 4) == ""
-    assert devices.valid_seed_counts(8, 1) == 8
-    assert devices.valid_seed_counts(8, 2) == 4  # 2 variants: 4 seeds make 8 runs
-    assert devices.valid_seed_counts(4, 3) == 4
+    assert devices.seed_count_multiple(8, 1) == 8
+    assert devices.seed_count_multiple(8, 2) == 4  # 2 variants: 4 seeds make 8 runs
+    assert devices.seed_count_multiple(4, 3) == 4
 
 
 def test_two_processes_step_their_own_python_environments(one_process, tmp_path):
