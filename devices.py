@@ -169,6 +169,11 @@ class Placement:
         return process_path(path, self.process_index, self.process_count)
 
 
+def default_placement(num_runs: int) -> Placement:
+    """Every device of every process; one device for a single run in one process (the single-seed script)."""
+    return Placement(jax.devices()[:1] if num_runs == 1 and jax.process_count() == 1 else None)
+
+
 def process_path(path: str | None, index: int, count: int) -> str | None:
     if not path or count == 1:
         return path

@@ -242,10 +242,10 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
     loss or gradient in any seed's update raises NumericalFault once its block's records are written, without
     saving a checkpoint.
 
-    The runs are sharded over `placement`'s devices (default: every device JAX sees; one device runs today's
-    program). With several processes, this one holds, records and saves only its own runs (local_runs): the
+    The runs are sharded over `placement`'s devices (default: devices.default_placement; one device runs
+    today's program). With several processes, this one holds, records and saves only its own runs (local_runs): the
     caller gives it files of its own (devices.process_path), and `resume` holds its runs only."""
-    placement = placement or devices.Placement()
+    placement = placement or devices.default_placement(config.num_runs)
     placement.check(config)
     agent = make_agent(config, env)
     runs, mine = local_runs(config, seed, placement), placement.local_runs(config.num_runs)
@@ -362,8 +362,7 @@ def run_command(args: argparse.Namespace, config: Config) -> int:
     written), then the run itself (a NumericalFault: one sentence, exit NUMERICAL_FAULT_EXIT_CODE). With
     several processes, each reads and writes files of its own (devices.process_path)."""
     resume = None
-    # one run (the single-seed script) takes one device; more are shared by every device of every process
-    placement = devices.Placement(jax.devices()[:1] if config.num_runs == 1 and jax.process_count() == 1 else None)
+    placement = devices.default_placement(config.num_runs)
     output, save_path = placement.process_path(args.output), placement.process_path(args.save_checkpoint)
     try:
         placement.check(config)
