@@ -30,13 +30,14 @@ class BlockMetrics(NamedTuple):
     train: dict  # name -> [steps, seeds] training metrics (zero where not trained)
 
 
-def python_scan(f, init, xs=None, length=None):
-    """lax.scan's signature and meaning, run as a Python loop; per-step outputs are stacked on the host."""
+def python_scan(f, init, xs=None, length=None, to_host=None):
+    """lax.scan's signature and meaning, run as a Python loop; per-step outputs are stacked on the host (after
+    `to_host`, where given)."""
     length = length if xs is None else len(jax.tree.leaves(xs)[0])
     carry, outputs = init, []
     for i in range(length):
         carry, y = f(carry, None if xs is None else jax.tree.map(lambda x: x[i], xs))
-        outputs.append(y)
+        outputs.append(y if to_host is None else to_host(y))
     return carry, jax.tree.map(lambda *ys: np.stack(ys), *outputs)
 
 

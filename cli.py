@@ -61,6 +61,11 @@ def build_arg_parser(description: str) -> argparse.ArgumentParser:
                              "SIGINT/SIGTERM (default checkpoint.ckpt; '' for none)")
     parser.add_argument("--load_checkpoint", default=None, metavar="PATH",
                         help="resume the run stored in this checkpoint (a missing file starts a fresh run)")
+    parser.add_argument("--coordinator_address", default=None, metavar="HOST:PORT",
+                        help="join a run of several processes through JAX's distributed runtime, with process 0 "
+                             "at this address (found by JAX itself on Slurm and Open MPI); see docs/devices.md")
+    parser.add_argument("--num_processes", type=int, default=None, help="processes of the distributed run")
+    parser.add_argument("--process_id", type=int, default=None, help="this process's id, 0..num_processes-1")
     return parser
 
 
@@ -104,7 +109,13 @@ def script_main(argv: Sequence[str] | None, description: str, single_seed: bool)
         return 2
     args, config = parsed
     use_compilation_cache()
-    import experiment  # after the cache folder is set: JAX reads it when imported
+    import devices  # imports JAX: after the cache folder is set, as JAX reads it when imported
+    try:  # before JAX uses any device
+        devices.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    except devices.DistributedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    import experiment
 
     return experiment.run_command(args, config)
 

@@ -362,12 +362,17 @@ class VmappedEnvironments:
 
 class PythonEnvironments:
     """One PythonEnvironment per seed, stepped in a Python loop; takes and returns host arrays. The env_state
-    the run state holds for them is a placeholder (each env object keeps its own state)."""
+    the run state holds for them is a placeholder (each env object keeps its own state).
 
-    def __init__(self, envs: Sequence[PythonEnvironment]):
+    In a run of several processes the objects are this process's runs' and the loop's arrays hold every
+    process's runs: `to_host` takes step's keys and actions to this process's host arrays and `from_host` puts
+    its results back (devices.Placement.local and .put); by default both leave the arrays as they are."""
+
+    def __init__(self, envs: Sequence[PythonEnvironment], to_host: Callable = None, from_host: Callable = None):
         self.envs, self.spec = list(envs), envs[0].spec
         self._placeholder = np.zeros(len(self.envs), np.int32)
         self._needs_keys = any(isinstance(env, JaxAsPythonEnvironment) for env in self.envs)
+        self._to_host, self._from_host = to_host or (lambda x: x), from_host or (lambda x: x)
 
     def _keys(self, keys):
         return list(keys) if self._needs_keys else [None] * len(self.envs)
@@ -377,11 +382,12 @@ class PythonEnvironments:
         return self._placeholder, obs
 
     def step(self, keys, env_state, actions):
+        keys, actions = self._to_host((keys, actions))
         actions = np.asarray(actions)
         outputs = [env.step(key, action) for env, key, action in zip(self.envs, self._keys(keys), actions)]
         obs, reward, terminated, truncated = zip(*outputs)
-        return (self._placeholder, np.stack(obs), np.asarray(reward, np.float32), np.asarray(terminated, bool),
-                np.asarray(truncated, bool))
+        return self._from_host((self._placeholder, np.stack(obs), np.asarray(reward, np.float32),
+                                np.asarray(terminated, bool), np.asarray(truncated, bool)))
 
     def reset_shapes(self, keys):
         spec = self.spec
@@ -393,12 +399,14 @@ class PythonEnvironments:
             env.close()
 
 
-def seed_environments(env, seeds: Sequence[int], jax_env: bool):
+def seed_environments(env, seeds: Sequence[int], jax_env: bool, placement=None):
     """The loop's environments for these seeds: the JAX env vmapped (jax_env), else one Python object per
-    seed (gymnasium/gym instances seeded from their seed, or the JAX env wrapped as a Python object)."""
+    seed (gymnasium/gym instances seeded from their seed, or the JAX env wrapped as a Python object). With a
+    `placement` of several processes (devices.Placement), `seeds` are this process's runs'."""
     if jax_env:
         return VmappedEnvironments(env)
+    hooks = (placement.local, placement.put) if placement is not None and placement.process_count > 1 else ()
     if getattr(env, "is_python", False):
-        return PythonEnvironments([env.instance(int(seed)) for seed in seeds])
+        return PythonEnvironments([env.instance(int(seed)) for seed in seeds], *hooks)
     reset, step = jax.jit(env.reset), jax.jit(env.step)
-    return PythonEnvironments([JaxAsPythonEnvironment(env.spec, reset, step) for _ in seeds])
+    return PythonEnvironments([JaxAsPythonEnvironment(env.spec, reset, step) for _ in seeds], *hooks)

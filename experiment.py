@@ -14,15 +14,15 @@ import numpy as np
 from tqdm import tqdm
 
 import checkpoint
-from agent_environment_interaction_loop import (PYTHON_DRIVERS, BlockMetrics, compiler_options, jit_block,
-                                                make_block_function)
+import devices
+from agent_environment_interaction_loop import BlockMetrics, compiler_options, make_block_function
 from config import Config, ConfigError, config_to_dict, sweep_variants, variant_name
 from environments import environment_from_config, seed_environments
 from evaluation import RunObserver
 from initialization import (NUMERICAL_FAULT, NUMERICAL_FAULT_LOSSES, RunState, check_observations, make_agent,
                             run_hparams)
 from tensorboard_writer import TensorBoardSink
-from tracking import Tracker
+from tracking import Tracker, make_group_name
 
 RETURN_WINDOW = 50  # episodes in the final per-seed summary
 DIAGNOSTICS_KEY_TAG = 0xD1A6  # folded into each seed's PRNGKey(seed) to draw the diagnostic sequences
@@ -66,23 +66,33 @@ def _seed_keys(config: Config, seed: int):
     return keys[:, 0], keys[:, 1]
 
 
-def initial_state(config: Config, agent, envs, seed: int) -> RunState:
+def initial_state(config: Config, agent, envs, seed: int, placement: devices.Placement | None = None) -> RunState:
     """Stacked initial states of the runs (runs_of), each built exactly as a single-seed run would, plus each
-    run's swept values; resets `envs` (the runs' environments, see environments.seed_environments)."""
+    run's swept values; resets `envs` (the runs' environments, see environments.seed_environments). With a
+    sharded `placement`, `envs` are this process's runs' and every device builds the states of its own runs."""
     agent_keys, env_keys = _seed_keys(config, seed)
-    env_state, obs = envs.reset(env_keys)
     hparams = run_hparams(runs_of(config, seed).variants)
-    state = jax.jit(jax.vmap(agent.init_state))(agent_keys, env_state, obs, hparams)
+    if placement and placement.sharded:
+        mine = placement.local_runs(config.num_runs)
+        agent_keys, env_keys, hparams = jax.tree.map(lambda x: x[mine.start:mine.stop], (agent_keys, env_keys, hparams))
+        env_state, obs = envs.reset(env_keys)
+        init = jax.jit(placement.over_runs(jax.vmap(agent.init_state)))
+        state = init(*placement.put((agent_keys, env_state, obs, hparams)))
+    else:
+        env_state, obs = envs.reset(env_keys)
+        state = jax.jit(jax.vmap(agent.init_state))(agent_keys, env_state, obs, hparams)
     # Leaves an env builds from Python numbers are weak-typed (gymnax MinAtar's timers); a checkpoint gives
     # them back strong. Strong from the start, a resumed run compiles the program the fresh run compiled,
     # so it finds it in the persistent compilation cache (cli.py). The values are the same.
     return jax.tree.map(lambda x: x.astype(x.dtype) if x.weak_type else x, state)
 
 
-def jit_diagnose(agent):
+def jit_diagnose(agent, placement: devices.Placement | None = None):
     """The runs' model diagnostics (params, hparams, replay, keys with a run axis -> statistics), vmapped and
-    jitted with LLVM at level 1 as the training programs are (it compiles faster and runs as fast)."""
-    return jax.jit(jax.vmap(agent.diagnose), compiler_options=compiler_options())
+    jitted with LLVM at level 1 as the training programs are (it compiles faster and runs as fast); with a
+    sharded `placement`, each device diagnoses its own runs."""
+    diagnose = placement.over_runs(jax.vmap(agent.diagnose)) if placement else jax.vmap(agent.diagnose)
+    return jax.jit(diagnose, compiler_options=compiler_options())
 
 
 def state_shapes(config: Config, agent, envs) -> RunState:
@@ -197,9 +207,24 @@ def show_progress(bar: tqdm, steps: int, recent_returns: list[float]) -> None:
     bar.update(steps - bar.n)
 
 
+def local_runs(config: Config, seed: int, placement: devices.Placement) -> Runs:
+    """The runs (runs_of) this process holds: all of them in one process."""
+    runs, mine = runs_of(config, seed), placement.local_runs(config.num_runs)
+    return Runs(runs.seeds[mine.start:mine.stop], runs.variants[mine.start:mine.stop])
+
+
+COUNTERS = ("env_steps", "updates", "episodes")  # the state's leaves the host reads after every block
+
+
+def host_counters(state: RunState, placement: devices.Placement) -> RunState:
+    """The counters of this process's runs, on the host; every other field None."""
+    return placement.local(RunState(**{f: getattr(state, f) if f in COUNTERS else None for f in RunState._fields}))
+
+
 def run(config: Config, env, seed: int, output: str | None, progress: bool = True, tracker=None,
         save_checkpoint: str | None = None, resume: checkpoint.Resume | None = None,
-        diagnostics: bool = True, video_dir: str | None = None, tensorboard=None) -> dict:
+        diagnostics: bool = True, video_dir: str | None = None, tensorboard=None,
+        placement: devices.Placement | None = None) -> dict:
     """Trains `config.num_seeds` seeds for `config.num_steps` env steps, from the start or from `resume`.
     Saves a checkpoint to `save_checkpoint` (if given) every `checkpoint_frequency` env steps, at the end and
     after the current block on SIGINT/SIGTERM. Returns the final state, the completed episodes' returns per
@@ -208,46 +233,57 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
     loss or gradient in any seed's update raises NumericalFault once its block's records are written, without
     saving a checkpoint. With `config.eval_every`, the blocks that cross a multiple of it add evaluation episodes'
     returns to their records (`eval_*`); with `video_dir`, videos are written there (evaluation.RunObserver).
-    `tensorboard` (a tensorboard_writer.TensorBoardSink) gets the records and videos as the tracker does."""
+    `tensorboard` (a tensorboard_writer.TensorBoardSink) gets the records and videos as the tracker does.
+
+    The runs are sharded over `placement`'s devices (default: devices.default_placement; one device runs
+    today's program). With several processes, this one holds, records and saves only its own runs (local_runs): the
+    caller gives it files of its own (devices.process_path), and `resume` holds its runs only."""
+    placement = placement or devices.default_placement(config.num_runs)
+    placement.check(config)
     agent = make_agent(config, env)
-    runs = runs_of(config, seed)
+    runs, mine = local_runs(config, seed, placement), placement.local_runs(config.num_runs)
     seeds = runs.seeds
-    envs = seed_environments(env, seeds, config.jax_env)
+    envs = seed_environments(env, seeds, config.jax_env, placement)
     if resume:
         state = resume.state if config.jax_env else restart_python_episodes(resume.state, envs, seeds)
+        state = placement.put(state)
     else:
-        state = initial_state(config, agent, envs, seed)
+        state = initial_state(config, agent, envs, seed, placement)
     all_returns = resume.recent_returns if resume else [[] for _ in seeds]
     records_written = resume.output_records if resume else 0
+    counters = host_counters(state, placement)
 
-    block_sizes = block_schedule(int(state.env_steps[0]), config.num_steps, config.eval_frequency)
+    block_sizes = block_schedule(int(counters.env_steps[0]), config.num_steps, config.eval_frequency)
     compiled, compile_start = {}, time.time()
     if config.jax_env:  # one program per block size (at most two), compiled before the run starts
         for size in sorted(set(block_sizes)):
-            block = jit_block(make_block_function(config, agent, envs, size))
+            block = devices.jit_block(make_block_function(config, agent, envs, size), placement)
             compiled[size] = block.lower(state).compile()
     else:  # a Python loop whose jitted pieces compile on their first use, once for every block size
-        block = make_block_function(config, agent, envs, config.eval_frequency, PYTHON_DRIVERS)
+        drivers = devices.python_drivers(placement, config.num_runs)
+        block = make_block_function(config, agent, envs, config.eval_frequency, drivers)
         compiled = {size: (lambda state, size=size: block(state, size)) for size in set(block_sizes)}
     # Model diagnostics once per block after training starts, on sequences drawn with a fixed key per seed
     # (the run's key is not touched, so diagnostics never change the run).
-    diag_keys = diagnostic_keys(seeds)
-    diagnose = jit_diagnose(agent)  # compiled at its first use: runs that never train skip it
+    diag_keys = placement.put(diagnostic_keys(seeds))
+    diagnose = jit_diagnose(agent, placement)  # compiled at its first use: runs that never train skip it
     compile_s = time.time() - compile_start if config.jax_env else None
     # Evaluation and videos play on environments and keys of their own: they never change the run.
     observer = RunObserver(config, env, agent, runs, video_dir) if config.eval_every or video_dir else None
 
     def save():
-        checkpoint.save(save_checkpoint, state, {
+        processes = {"processes": {"count": placement.process_count, "index": placement.process_index,
+                                   "runs": [mine.start, mine.stop]}} if placement.process_count > 1 else {}
+        checkpoint.save(save_checkpoint, placement.local(state), {
             "config": config_to_dict(config), "seeds": [seed + i for i in range(config.num_seeds)],
             "variants": [variant_name(v) for v in sweep_variants(config)],
-            "env_steps": int(state.env_steps[0]), "updates": int(state.updates[0]),
-            "episodes": [int(e) for e in state.episodes],
+            "env_steps": int(counters.env_steps[0]), "updates": int(counters.updates[0]),
+            "episodes": [int(e) for e in counters.episodes],
             "recent_returns": [returns[-RETURN_WINDOW:] for returns in all_returns],
             "output": checkpoint.output_position(output, out.tell() if out else 0, records_written),
-            "wandb": {"group": tracker.group, "run_ids": tracker.run_ids} if tracker else None})
+            "wandb": {"group": tracker.group, "run_ids": tracker.run_ids} if tracker else None, **processes})
 
-    bar = progress_bar(config.num_steps, int(state.env_steps[0]), progress)
+    bar = progress_bar(config.num_steps, int(counters.env_steps[0]), progress and placement.process_index == 0)
     out = checkpoint.open_output(output, resume.output_bytes if resume else None) if output else None
     run_start = time.time()
     try:
@@ -256,10 +292,10 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
                 block_start = time.time()
                 state, metrics = compiled[size](state)
                 jax.block_until_ready(state)
-                metrics = jax.device_get(metrics)
-                records, returns = block_records(metrics, state, runs, time.time() - block_start, size)
-                if diagnostics and int(state.updates[0]) > 0:
-                    diag = jax.device_get(diagnose(state.params, state.hparams, state.replay, diag_keys))
+                metrics, counters = placement.local(metrics), host_counters(state, placement)
+                records, returns = block_records(metrics, counters, runs, time.time() - block_start, size)
+                if diagnostics and int(counters.updates[0]) > 0:
+                    diag = placement.local(diagnose(state.params, state.hparams, state.replay, diag_keys))
                     for i, record in enumerate(records):  # NaN: nothing to measure (e.g. no terminal step)
                         record.update({f"diag_{name}": float(value[i]) if np.isfinite(value[i]) else None
                                        for name, value in diag.items()})
@@ -272,20 +308,26 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
                     records_written += len(records)
                 if tracker:
                     tracker.log_block(records)
-                    tracker.log_media(int(state.env_steps[0]), media)
+                    tracker.log_media(int(counters.env_steps[0]), media)
                 if tensorboard:
                     tensorboard.log_block(records, media)
-                steps = int(state.env_steps[0])
+                steps = int(counters.env_steps[0])
                 show_progress(bar, steps, [r for rs in all_returns for r in rs[-RETURN_WINDOW:]])
-                faults = numerical_faults(metrics, state, runs, size)
-                if faults:  # before any save: the last checkpoint stays the last one with finite updates only
-                    raise NumericalFault(numerical_fault_message(faults, save_checkpoint), state)
+                faults = numerical_faults(metrics, counters, runs, size)
+                # every process stops where any of them must (one small exchange between blocks)
+                any_fault, stopping = placement.any_process([bool(faults), stop.requested is not None])
+                if any_fault:  # before any save: the last checkpoint stays the last one with finite updates only
+                    message = (numerical_fault_message(faults, save_checkpoint) if faults else
+                               f"a run of another process met a non-finite loss or gradient in the block ending "
+                               f"at env step {steps}; stopped without saving")
+                    raise NumericalFault(message, state)
                 period = config.checkpoint_frequency
-                if save_checkpoint and (stop.requested or steps == config.num_steps
+                if save_checkpoint and (stopping or steps == config.num_steps
                                         or steps // period > (steps - size) // period):
                     save()
-                if stop.requested:
-                    print(f"\nstopped by {stop.requested} at env step {steps}; checkpoint saved to {save_checkpoint}; "
+                if stopping:
+                    signal_name = stop.requested or "a signal to another process"
+                    print(f"\nstopped by {signal_name} at env step {steps}; checkpoint saved to {save_checkpoint}; "
                           f"resume with the same command plus --load_checkpoint {save_checkpoint}", file=sys.stderr)
                     break
     finally:
@@ -296,11 +338,12 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
         if out:
             out.close()
     return {"state": state, "returns": all_returns, "compile_s": compile_s, "run_s": time.time() - run_start,
-            "runs": runs}
+            "runs": runs, "counters": host_counters(state, placement)}
 
 
 def print_summary(result: dict, seed: int) -> None:
-    steps = int(result["state"].env_steps[0])
+    counters = result.get("counters") or result["state"]
+    steps = int(counters.env_steps[0])
     compiled = (f"compiled in {result['compile_s']:.1f} s" if result["compile_s"] is not None
                 else "agent pieces compiled on first use")
     print(f"{compiled}, ran {steps} env steps per seed in {result['run_s']:.1f} s "
@@ -309,7 +352,7 @@ def print_summary(result: dict, seed: int) -> None:
     for i, returns in enumerate(result["returns"]):
         recent = returns[-RETURN_WINDOW:]
         mean = f"{np.mean(recent):.3f}" if recent else "n/a (no episode completed)"
-        episodes = int(result["state"].episodes[i])
+        episodes = int(counters.episodes[i])
         variant = f"{variant_name(runs.variants[i])}, " if runs.variants[i] else ""
         print(f"{variant}seed {runs.seeds[i]}: {episodes} episodes, mean return over the last {len(recent)}: {mean}")
 
@@ -324,47 +367,74 @@ def video_folder(args: argparse.Namespace) -> str | None:
 def run_command(args: argparse.Namespace, config: Config) -> int:
     """Runs a command line parsed and checked by `cli.script_main` (the scripts' entry, which imports this
     module only then): the environment and checkpoint checks (one sentence, exit 2, nothing
-    written), then the run itself (a NumericalFault: one sentence, exit NUMERICAL_FAULT_EXIT_CODE)."""
+    written), then the run itself (a NumericalFault: one sentence, exit NUMERICAL_FAULT_EXIT_CODE). With
+    several processes, each reads and writes files of its own (devices.process_path)."""
     resume = None
+    placement = devices.default_placement(config.num_runs)
+    output, save_path = placement.process_path(args.output), placement.process_path(args.save_checkpoint)
     try:
+        placement.check(config)
         env = environment_from_config(config)
         check_observations(config, env)
-        if args.output and os.path.isdir(args.output):
-            raise ConfigError(f"output path {args.output!r} is a directory; -o needs a file name")
-        if args.save_checkpoint:
-            checkpoint.check_save_path(args.save_checkpoint)
+        if output and os.path.isdir(output):
+            raise ConfigError(f"output path {output!r} is a directory; -o needs a file name")
+        if save_path:
+            checkpoint.check_save_path(save_path)
         for flag, folder in (("--video_dir", video_folder(args)), ("--tensorboard", args.tensorboard)):
             if folder and os.path.exists(folder) and not os.path.isdir(folder):
                 raise ConfigError(f"{flag} {folder!r} is a file; it needs a folder (created if missing)")
-        if args.load_checkpoint and not os.path.exists(args.load_checkpoint):
-            print(f"warning: checkpoint {args.load_checkpoint!r} does not exist; starting a fresh run", file=sys.stderr)
-        elif args.load_checkpoint:
-            envs = seed_environments(env, range(config.num_runs), config.jax_env)
+        if placement.process_count > 1 and (config.eval_every or video_folder(args) or args.tensorboard):
+            raise ConfigError("evaluation, videos and TensorBoard run in a single process for now; turn off "
+                              "eval_every, --video and --tensorboard to run on several processes")
+        load_path = devices.checkpoint_to_load(args.load_checkpoint, placement) if args.load_checkpoint else None
+        if args.load_checkpoint and not load_path:
+            devices.warn_process(f"warning: checkpoint {args.load_checkpoint!r} does not exist; starting a fresh run",
+                                 placement)
+        elif load_path:
+            mine = placement.local_runs(config.num_runs)
+            devices.check_checkpoint_runs(load_path, checkpoint.read_header(load_path), placement, mine)
+            envs = seed_environments(env, mine, config.jax_env)
             expected = state_shapes(config, make_agent(config, env), envs)
+            expected = jax.tree.map(lambda s: jax.ShapeDtypeStruct((len(mine), *s.shape[1:]), s.dtype), expected)
             envs.close()
-            resume = checkpoint.prepare_resume(args.load_checkpoint, config_to_dict(config), expected, args.seed,
-                                               config.num_steps, args.output)
+            resume = checkpoint.prepare_resume(load_path, config_to_dict(config), expected, args.seed,
+                                               config.num_steps, output)
     except (ConfigError, checkpoint.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
+        if placement.process_count > 1:
+            placement.any_process([True, False, False])  # so that the other processes stop too
         return 2
+    if placement.process_count > 1:  # every process resumes, or none does; none starts while another stopped
+        refused, resumed, fresh = placement.any_process([False, resume is not None, resume is None])
+        if refused or (resumed and fresh):
+            why = ("another process refused its part of the run" if refused else
+                   f"some processes found their file of checkpoint {args.load_checkpoint!r} and others did not")
+            print(f"error: {why}; nothing was run", file=sys.stderr)
+            return 2
     seed = resume.seed if resume else (args.seed or 0)
     variants = sweep_variants(config)
     sweep = f"{len(variants)} variants ({'; '.join(map(variant_name, variants))}) x " if config.sweep else ""
-    print(f"{sweep}{config.num_seeds} seed(s) of {config.env_config.env_name}, seeds {seed}.."
-          f"{seed + config.num_seeds - 1}, {config.num_steps} env steps, metrics -> {args.output}"
-          + (f", resuming from env step {resume.env_steps} of {args.load_checkpoint}" if resume else ""))
-    runs = runs_of(config, seed)
+    if placement.process_index == 0:
+        files = (f", metrics -> {args.output}" if placement.process_count == 1 else
+                 f", each process's metrics -> {devices.process_path(args.output, 'P', placement.process_count)}")
+        print(f"{sweep}{config.num_seeds} seed(s) of {config.env_config.env_name}, seeds {seed}.."
+              f"{seed + config.num_seeds - 1}, {config.num_steps} env steps, {placement.describe()}{files}"
+              + (f", resuming from env step {resume.env_steps} of {args.load_checkpoint}" if resume else ""))
+    runs = local_runs(config, seed, placement)
     wandb = resume.wandb if resume and resume.wandb else {}
-    tracker = Tracker(config_to_dict(config), runs.seeds, args.group or wandb.get("group"), project=args.wandb_project,
+    group = args.group or wandb.get("group")
+    if placement.process_count > 1 and not group:  # one group for the runs of every process
+        group = placement.shared_text(make_group_name(config.env_config.env_name))
+    tracker = Tracker(config_to_dict(config), runs.seeds, group, project=args.wandb_project,
                       mode=args.wandb, tags=args.tag, run_ids=wandb.get("run_ids"), variants=runs.variants)
-    if tracker.active:
+    if tracker.active and placement.process_index == 0:
         print(f"wandb group {tracker.group} ({tracker.mode}), one run per {'variant and ' * bool(config.sweep)}seed")
     tensorboard = TensorBoardSink(args.tensorboard, runs.seeds, runs.variants) if args.tensorboard else None
     try:
         try:
-            result = run(config, env, seed, args.output, progress=not args.no_progress, tracker=tracker,
-                         save_checkpoint=args.save_checkpoint or None, resume=resume, video_dir=video_folder(args),
-                         tensorboard=tensorboard)
+            result = run(config, env, seed, output, progress=not args.no_progress, tracker=tracker,
+                         save_checkpoint=save_path or None, resume=resume, video_dir=video_folder(args),
+                         tensorboard=tensorboard, placement=placement)
         finally:
             tracker.finish()
             if tensorboard:

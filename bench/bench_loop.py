@@ -11,6 +11,15 @@ run.
 With `--sweep` (repeatable, as the run scripts take it), a sweep of those variants with `--sweep_seeds` seeds
 each is measured after the plain seed counts: with as many runs as a plain entry, its time per env step
 should match that entry's.
+
+The runs are sharded over the devices this process sees (devices.py), or over the first N of them for each N of
+`--devices` (every seed count is then measured on every device count it divides); with `--seeds_per_device`
+the seed counts are per device, to measure the scaling from 1 to all devices at a fixed number of seeds per
+device. Each entry reports its devices and its run-steps per second per device. On forced CPU devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=N) the devices share the same cores: it only shows the
+sharded program runs.
+
+    python3 bench/bench_loop.py -c config.json --seeds 2 --seeds_per_device --devices 1,2,4,8
 """
 
 import argparse
@@ -33,9 +42,10 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+import devices  # noqa: E402
 from agent_environment_interaction_loop import (  # noqa: E402
-    device_memory_stats, jit_block, make_block_function, update_seed_batch, update_seed_bytes)
-from config import load_config, sweep_variants, variant_name, with_sweep  # noqa: E402
+    device_memory_stats, make_block_function, update_seed_batch, update_seed_bytes)
+from config import ConfigError, load_config, sweep_variants, variant_name, with_sweep  # noqa: E402
 from environments import environment_from_config, seed_environments  # noqa: E402
 from experiment import initial_state  # noqa: E402
 from initialization import make_agent  # noqa: E402
@@ -67,31 +77,34 @@ jax.monitoring.register_event_duration_secs_listener(
     lambda event, duration, **_: _compiles.append(event) if event == BACKEND_COMPILE_EVENT else None)
 
 
-def compiled_block(config, env, num_seeds: int, steps: int, training_start_time: int):
+def compiled_block(config, env, num_seeds: int, steps: int, training_start_time: int,
+                   placement: devices.Placement | None = None):
     """(config, agent, initial run state, the compiled `steps`-step block with the state donated, compile
     seconds, the part of them spent tracing and lowering to StableHLO before XLA compiles, programs XLA
     compiled for it) for `num_seeds` vmapped seeds (of each variant of the config's sweep), training starting
-    at `training_start_time` or later."""
+    at `training_start_time` or later, sharded over `placement`'s devices (default: one device)."""
     config = dataclasses.replace(config, num_seeds=num_seeds, eval_frequency=steps,
                                  training_start_time=max(config.training_start_time, training_start_time))
+    placement = placement or devices.Placement(jax.devices()[:1])
     agent = make_agent(config, env)
     envs = seed_environments(env, range(config.num_runs), jax_env=True)
-    state = initial_state(config, agent, envs, seed=0)
+    state = initial_state(config, agent, envs, seed=0, placement=placement)
     start, compiles_before = time.perf_counter(), len(_compiles)
-    lowered = jit_block(make_block_function(config, agent, envs, steps)).lower(state)
+    lowered = devices.jit_block(make_block_function(config, agent, envs, steps), placement).lower(state)
     lowered_at = time.perf_counter()
     compiled = lowered.compile()
     return (config, agent, state, compiled, time.perf_counter() - start, lowered_at - start,
             len(_compiles) - compiles_before)
 
 
-def bench_seeds(config, env, num_seeds: int, steps: int, repeats: int) -> dict:
+def bench_seeds(config, env, num_seeds: int, steps: int, repeats: int, num_devices: int = 1) -> dict:
+    placement = devices.Placement(jax.devices()[:num_devices])
     config, _, state, compiled, compile_s, lower_s, programs = compiled_block(
-        config, env, num_seeds, steps, (repeats + 1) * steps)
+        config, env, num_seeds, steps, (repeats + 1) * steps, placement)
     state, acting_s = time_block(compiled, state, repeats)
     assert int(state.updates[0]) == 0, "acting-only blocks must not train"
     # Jump the shared step counter past training_start_time: the replay already holds enough sequences.
-    state = state._replace(env_steps=jnp.full_like(state.env_steps, config.training_start_time))
+    state = state._replace(env_steps=placement.put(jnp.full_like(state.env_steps, config.training_start_time)))
     state, training_s = time_block(compiled, state, repeats)
     updates_per_block = int(state.updates[0]) / repeats  # seed 0's training updates per timed training block
     assert updates_per_block > 0
@@ -99,10 +112,13 @@ def bench_seeds(config, env, num_seeds: int, steps: int, repeats: int) -> dict:
     device_stats = device_memory_stats()  # empty on CPU
     variants = [variant_name(v) for v in sweep_variants(config)] if config.sweep else None
     return {"seeds": num_seeds, "variants": variants, "runs": config.num_runs, "programs_compiled": programs,
+            "devices": num_devices, "runs_per_device": config.num_runs // num_devices,
             "acting_s_per_step": acting_s / steps, "training_s_per_step": training_s / steps,
+            "training_run_steps_per_s_per_device": config.num_runs / (training_s / steps) / num_devices,
+            "acting_run_steps_per_s_per_device": config.num_runs / (acting_s / steps) / num_devices,
             "updates_per_training_block": updates_per_block,
             "compile_s": compile_s, "lower_s": lower_s, "replay_bytes_per_seed": replay_bytes,
-            "update_seed_batch": update_seed_batch(config.update_seed_batch, config.num_runs,
+            "update_seed_batch": update_seed_batch(config.update_seed_batch, config.num_runs // num_devices,
                                                   seed_bytes=update_seed_bytes(config)),
             "device_peak_bytes": device_stats.get("peak_bytes_in_use")}
 
@@ -117,13 +133,29 @@ def main(argv=None):
     parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
                         help="also measure a sweep of these values (repeatable, a grid as in the run scripts)")
     parser.add_argument("--sweep_seeds", type=int, default=2, help="seeds per variant of the --sweep entry")
+    parser.add_argument("--devices", default=None,
+                        help="comma-separated device counts to shard the runs over (default: every device seen)")
+    parser.add_argument("--seeds_per_device", action="store_true", help="--seeds counts seeds per device")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set)
     env = environment_from_config(config)
+    device_counts = [int(n) for n in args.devices.split(",")] if args.devices else [len(jax.devices())]
+    if max(device_counts) > len(jax.devices()) or min(device_counts) < 1:
+        raise ConfigError(f"--devices {args.devices} asks for more devices than the {len(jax.devices())} seen")
 
-    results = [bench_seeds(config, env, int(n), args.steps, args.repeats) for n in args.seeds.split(",")]
+    results = []
+    for num_devices in device_counts:
+        for n in map(int, args.seeds.split(",")):
+            seeds = n * num_devices if args.seeds_per_device else n
+            if seeds % num_devices == 0:
+                results.append(bench_seeds(config, env, seeds, args.steps, args.repeats, num_devices))
+    if not results:
+        raise ConfigError(f"no seed count of --seeds {args.seeds} is a multiple of a device count of {device_counts}")
     if args.sweep:
-        results.append(bench_seeds(with_sweep(config, args.sweep), env, args.sweep_seeds, args.steps, args.repeats))
+        sweep = with_sweep(config, args.sweep)
+        runs = sweep.num_runs // sweep.num_seeds * args.sweep_seeds
+        num_devices = max((d for d in device_counts if runs % d == 0), default=1)
+        results.append(bench_seeds(sweep, env, args.sweep_seeds, args.steps, args.repeats, num_devices))
     base = results[0]
     for r in results:
         scale = r["runs"] / base["runs"]
