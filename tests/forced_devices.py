@@ -20,16 +20,10 @@ import experiment  # noqa: E402
 from config import ConfigError, config_to_dict, load_config  # noqa: E402
 from environments import environment_from_config, seed_environments  # noqa: E402
 from initialization import make_agent  # noqa: E402
+from output_records import records_without_timing  # noqa: E402  (this folder: the script's own)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = ["num_seeds=4", "update_seed_batch=1"]  # one seed's update at a time: the same arithmetic everywhere
-
-
-def records(path):
-    lines = [json.loads(line) for line in open(path)]
-    for line in lines:
-        line.pop("steps_per_second")
-    return lines
 
 
 def main(result_path, folder):
@@ -41,7 +35,7 @@ def main(result_path, folder):
         output = os.path.join(folder, f"{file or name}.out")
         experiment.run(cfg, env, 0, output, progress=False, placement=devices.Placement(jax.devices()[:num_devices]),
                        **kwargs)
-        result[name] = records(output)
+        result[name] = records_without_timing(output)
 
     run("one_device", 1)
     first_part = load_config(os.path.join(ROOT, "configs", "debug.json"), SEEDS + ["num_steps=150"])

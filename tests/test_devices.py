@@ -17,6 +17,7 @@ import pytest
 
 import devices
 from config import ConfigError
+from output_records import records_without_timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,13 +82,6 @@ def two_processes(folder, *args, devices_each=2, seeds=4):
     return [(p.wait(timeout=600), p.communicate()[1]) for p in processes]
 
 
-def read_records(path):
-    lines = [json.loads(line) for line in open(path)]
-    for line in lines:
-        line.pop("steps_per_second")
-    return lines
-
-
 def test_two_processes_match_one_process_and_write_each_file_once(one_process, tmp_path):
     for code, stderr in two_processes(tmp_path, "--set", "num_steps=150"):
         assert code == 0, stderr[-3000:]
@@ -96,7 +90,7 @@ def test_two_processes_match_one_process_and_write_each_file_once(one_process, t
     files = sorted(os.listdir(tmp_path))
     assert files == ["run.process0-of-2.ckpt", "run.process0-of-2.out", "run.process1-of-2.ckpt",
                      "run.process1-of-2.out"]
-    first, second = (read_records(tmp_path / f"run.process{i}-of-2.out") for i in range(2))
+    first, second = (records_without_timing(tmp_path / f"run.process{i}-of-2.out") for i in range(2))
     assert {r["seed"] for r in first} == {0, 1} and {r["seed"] for r in second} == {2, 3}
     assert_same_records(first + second, one_process["one_device"])
 
@@ -126,7 +120,7 @@ def test_two_processes_step_their_own_python_environments(one_process, tmp_path)
     for code, stderr in two_processes(tmp_path, "--set", "jax_env=false", "--set", "num_steps=150",
                                       devices_each=1, seeds=2):
         assert code == 0, stderr[-3000:]
-    records = [read_records(tmp_path / f"run.process{i}-of-2.out") for i in range(2)]
+    records = [records_without_timing(tmp_path / f"run.process{i}-of-2.out") for i in range(2)]
     assert [{r["seed"] for r in rs} for rs in records] == [{0}, {1}]
     reference = {(r["seed"], r["env_steps"]): r for r in one_process["one_device"]}
     trained = 0
