@@ -173,3 +173,18 @@ def test_presets_switch_on_every_dreamerv3_change_with_the_papers_values():
              "batch_size", "sequence_length", "train_frequency", "num_hidden_units", "num_hidden_layers",
              "num_features", "feature_width", "num_conv_filters", "conv_depth", "no_conv"}
     assert {key for key in paper.keys() | small.keys() if paper.get(key) != small.get(key)} <= sizes
+
+
+def test_a_dreamerv3_run_stopped_and_resumed_is_the_uninterrupted_run(tmp_path):
+    # Every DreamerV3 key on the debug config, through the scripts' entry: the slow critic, the return scale and
+    # the rest of the state survive a checkpoint, so the resumed run is the same run.
+    import cli
+    from test_checkpoint import assert_same_run
+    v3 = [item for key, value in DREAMERV3.items() for item in ("--set", f"{key}={str(value).lower()}")]
+    common = ["-c", DEBUG, "--wandb", "disabled", "--no_progress", "--set", "binary_state=false", *v3]
+    main = lambda *args: cli.script_main([*common, *args], description="test", single_seed=False)
+    full, half = tmp_path / "full", tmp_path / "half"
+    assert main("-o", f"{full}.out", "--save_checkpoint", f"{full}.ckpt") == 0
+    assert main("-o", f"{half}.out", "--save_checkpoint", f"{half}.ckpt", "--set", "num_steps=100") == 0
+    assert main("-o", f"{half}.out", "--save_checkpoint", f"{half}.ckpt", "--load_checkpoint", f"{half}.ckpt") == 0
+    assert_same_run(f"{full}.ckpt", f"{full}.out", f"{half}.ckpt", f"{half}.out")
