@@ -196,9 +196,12 @@ def numerical_fault_message(faults: list[tuple[int | str, int, int]], checkpoint
 
 
 def progress_bar(total: int, done: int, enabled: bool) -> tqdm:
-    """The run's progress in env steps on stderr: redrawn in place on a terminal, a line a minute in a log."""
-    return tqdm(total=total, initial=done, unit="step", disable=not enabled, file=sys.stderr, dynamic_ncols=True,
-                mininterval=0.5 if sys.stderr.isatty() else 60.0)
+    """The run's progress in env steps on stderr: redrawn in place on a terminal; in a log, a line of its own
+    at most once a minute (and no redraws in between)."""
+    if sys.stderr.isatty():
+        return tqdm(total=total, initial=done, unit="step", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, initial=done, unit="step", disable=not enabled, file=sys.stderr, mininterval=60.0,
+                maxinterval=float("inf"), bar_format="{l_bar}{bar}{r_bar}\n")
 
 
 def show_progress(bar: tqdm, steps: int, recent_returns: list[float]) -> None:
