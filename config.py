@@ -61,6 +61,18 @@ class Config:
     actor_unimix: float = _opt(
         0.0, "fraction of the uniform distribution mixed into the policy's action probabilities (DreamerV3 uses "
         "0.01): every action keeps at least actor_unimix / num_actions probability", ge=0, le=0.99)
+    continuous_actor: str = _opt(
+        "truncated_normal", "policy for continuous (Box) actions, over [-1, 1] per component: truncated_normal "
+        "(DreamerV2: mean tanh, std in [actor_min_std, 2 + actor_min_std]) or bounded_normal (DreamerV3: mean "
+        "tanh, std in [0.1, 1], samples clipped to [-1, 1])", choices=("truncated_normal", "bounded_normal"))
+    actor_min_std: float = _opt(0.1, "smallest std of the truncated_normal policy", gt=0)
+    actor_gradient: str = _opt(
+        "auto", "the actor's gradient: reinforce (log-probability times advantage), dynamics (the lambda-returns "
+        "backpropagated through the imagined actions and the learned model, whose parameters it does not "
+        "update; discrete actions as straight-through one-hot samples), or mix (actor_grad_mix of dynamics, the "
+        "rest reinforce); auto: dynamics for truncated_normal continuous actions (DreamerV2), else reinforce",
+        choices=("auto", "reinforce", "dynamics", "mix"))
+    actor_grad_mix: float = _opt(0.1, "weight of the dynamics gradient where actor_gradient is mix", ge=0, le=1)
     return_normalization: bool = _opt(
         False, "divide the actor's advantages by max(1, S), S an EMA of the 95th minus 5th percentile of the "
         "imagined lambda-returns (DreamerV3), so that beta weighs the entropy against returns of any scale")

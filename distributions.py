@@ -1,13 +1,14 @@
 """The probability distributions of the agent, as small immutable objects (pytrees, so they pass through jit,
 vmap and stop_gradient): the latent variables' (categorical with straight-through samples, or diagonal
 Gaussian), the observation and reward likelihoods (Bernoulli, Gaussian with fixed or learned variance) and the
-discrete policy. Each offers what the losses use of it: sample, log_prob, entropy, kl, mode.
+policies (categorical for discrete actions; truncated or bounded normal for continuous ones). Each offers what
+the losses use of it: sample, log_prob, entropy, kl, mode.
 
 Samples are drawn from noise passed in, not from a key: a scan over time takes all its steps' noise as one
 input drawn before it (`Latents.noise`), which on CPU is far cheaper than a draw per step.
 
-`latents(config)`, `observation_distribution`, `reward_distribution` and `value_distribution` are the places
-that read which distribution a config asks for. A new distribution (a bounded normal, say) is a new class here."""
+`latents(config)`, `observation_distribution`, `reward_distribution`, `value_distribution` and `action_distribution`
+are the places that read which distribution a config asks for. A new distribution is a new class here."""
 
 from typing import NamedTuple
 
@@ -233,6 +234,107 @@ class Categorical(NamedTuple):
 
     def mode(self):
         return jnp.argmax(self.logits, -1).astype(jnp.int32)
+
+
+class TruncatedNormal(NamedTuple):
+    """Independent normals truncated to [-1, 1], one per action component, mean and std [..., A] (DreamerV2's
+    continuous policy: mean tanh(m), std 2 sigmoid(s / 2) + min_std). Samples are reparameterised through the
+    inverse CDF, so a loss of them differentiates to the mean and std (the dynamics actor gradient)."""
+
+    mean: jax.Array
+    std: jax.Array
+
+    @classmethod
+    def from_params(cls, params, min_std: float = 0.1) -> "TruncatedNormal":
+        """From [..., 2A] actor outputs (m, s)."""
+        mean, raw_std = jnp.split(params, 2, axis=-1)
+        return cls(jnp.tanh(mean), 2.0 * jax.nn.sigmoid(raw_std / 2.0) + min_std)
+
+    def _bounds(self):
+        """The bounds -1, 1 standardised, and the normal's mass between them: (alpha, beta, mass) [..., A]."""
+        alpha, beta = (-1.0 - self.mean) / self.std, (1.0 - self.mean) / self.std
+        mass = jnp.maximum(jax.scipy.special.ndtr(beta) - jax.scipy.special.ndtr(alpha), 1e-6)
+        return alpha, beta, mass
+
+    def sample(self, noise):
+        """A sample [..., A] in [-1, 1] from standard normals noise [..., A]: the noise's quantile Φ(noise) taken
+        within the truncated range, x = mean + std Φ⁻¹(Φ(α) + Φ(noise) (Φ(β) - Φ(α)))."""
+        alpha, _, mass = self._bounds()
+        eps = 1e-6  # keeps the quantile off 0 and 1, where Φ⁻¹ is infinite
+        quantile = jnp.clip(jax.scipy.special.ndtr(alpha) + jax.scipy.special.ndtr(noise) * mass, eps, 1.0 - eps)
+        return jnp.clip(self.mean + self.std * jax.scipy.special.ndtri(quantile), -1.0, 1.0)
+
+    def log_prob(self, x):
+        """[...], summed over the components: the normal's log density less log of its mass in [-1, 1]."""
+        _, _, mass = self._bounds()
+        log_density = -0.5 * ((x - self.mean) / self.std) ** 2 - jnp.log(self.std) - 0.5 * jnp.log(2 * jnp.pi)
+        return jnp.sum(log_density - jnp.log(mass), -1)
+
+    def entropy(self):
+        """[...], summed over the components: log(sqrt(2πe) σ Z) + (α φ(α) - β φ(β)) / (2Z), Z the mass."""
+        alpha, beta, mass = self._bounds()
+        pdf = lambda t: jnp.exp(-0.5 * t**2) / jnp.sqrt(2 * jnp.pi)
+        entropy = (0.5 * jnp.log(2 * jnp.pi * jnp.e) + jnp.log(self.std * mass)
+                   + (alpha * pdf(alpha) - beta * pdf(beta)) / (2.0 * mass))
+        return jnp.sum(entropy, -1)
+
+    def mode(self):
+        """The mean [..., A] (tanh: inside [-1, 1]), the truncated normal's mode."""
+        return self.mean
+
+
+class BoundedNormal(NamedTuple):
+    """DreamerV3's continuous policy: independent normals per action component with mean tanh(m) and std
+    0.9 sigmoid(s + 2) + 0.1, mean and std [..., A]; samples are clipped to [-1, 1], log_prob and entropy are the
+    normal's."""
+
+    mean: jax.Array
+    std: jax.Array
+
+    @classmethod
+    def from_params(cls, params, min_std: float = 0.1, max_std: float = 1.0) -> "BoundedNormal":
+        """From [..., 2A] actor outputs (m, s)."""
+        mean, raw_std = jnp.split(params, 2, axis=-1)
+        return cls(jnp.tanh(mean), (max_std - min_std) * jax.nn.sigmoid(raw_std + 2.0) + min_std)
+
+    def sample(self, noise):
+        """mean + std noise clipped to [-1, 1], [..., A], from standard normals noise [..., A]."""
+        return jnp.clip(self.mean + self.std * noise, -1.0, 1.0)
+
+    def log_prob(self, x):
+        """[...], summed over the components."""
+        return jnp.sum(-0.5 * ((x - self.mean) / self.std) ** 2 - jnp.log(self.std) - 0.5 * jnp.log(2 * jnp.pi), -1)
+
+    def entropy(self):
+        """[...], summed over the components."""
+        return jnp.sum(0.5 * jnp.log(2 * jnp.pi * jnp.e) + jnp.log(self.std), -1)
+
+    def mode(self):
+        return self.mean
+
+
+def action_head_size(config: Config, num_actions: int, continuous: bool) -> int:
+    """The actor's outputs: one logit per discrete action, or two parameters per continuous component."""
+    return 2 * num_actions if continuous else num_actions
+
+
+def action_distribution(config: Config, out, continuous: bool, unimix=None):
+    """The policy from actor outputs [..., action_head_size]: a Categorical (with `unimix`, default the config's
+    actor_unimix) for discrete actions, the `continuous_actor` distribution over [-1, 1]^A for continuous ones."""
+    if not continuous:
+        return Categorical.from_logits(out, config.actor_unimix if unimix is None else unimix)
+    if config.continuous_actor == "bounded_normal":
+        return BoundedNormal.from_params(out)
+    return TruncatedNormal.from_params(out, config.actor_min_std)
+
+
+def actor_gradient(config: Config, continuous: bool) -> str:
+    """The actor's gradient estimator: the config's `actor_gradient`, with "auto" resolved to what the
+    algorithm uses (REINFORCE for discrete actions and DreamerV3's bounded normal, backpropagation through the
+    dynamics for DreamerV2's truncated normal)."""
+    if config.actor_gradient != "auto":
+        return config.actor_gradient
+    return "dynamics" if continuous and config.continuous_actor == "truncated_normal" else "reinforce"
 
 
 # ---------------------------------------------------------------------------------------------

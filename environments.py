@@ -16,17 +16,57 @@ import gymnax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from gymnax.environments import spaces
 
 from config import ConfigError
 
 
 class EnvSpec(NamedTuple):
-    """What the agent needs to know to build its networks and replay buffer."""
+    """What the agent needs to know to build its networks and replay buffer.
+
+    Discrete actions are integers in [0, num_actions). Continuous (Box) actions are float32 vectors of
+    num_actions components in [-1, 1], the Box flattened and normalised: the environment maps them to its
+    bounds (`to_bounds`), so the agent never sees them."""
 
     obs_shape: tuple[int, ...]  # e.g. (10, 10, 6) for MinAtar, (10, 5) for Catch, (4,) for CartPole
     obs_dtype: np.dtype  # dtype of the observations the environment returns
-    num_actions: int  # actions are integers in [0, num_actions)
+    num_actions: int  # discrete: number of actions; continuous: components of the action vector
+    continuous: bool = False  # a Box action space
+
+    @property
+    def action_shape(self) -> tuple[int, ...]:
+        """Shape of one action as the agent and the replay hold it: () for discrete, (num_actions,) for Box."""
+        return (self.num_actions,) if self.continuous else ()
+
+    @property
+    def action_dtype(self) -> np.dtype:
+        return np.dtype(np.float32) if self.continuous else np.dtype(np.int32)
+
+
+def to_bounds(action, low, high):
+    """A normalised action in [-1, 1] (clipped there) -> the Box [low, high], elementwise; works on NumPy and
+    JAX arrays alike."""
+    action = action.clip(-1.0, 1.0)
+    return low + (action + 1.0) * 0.5 * (high - low)
+
+
+def check_action_space(space, env_name: str) -> tuple[int, bool, np.ndarray | None, np.ndarray | None]:
+    """(num_actions, continuous, low, high) of a gymnax, gymnasium or gym action space: Discrete, or a Box with
+    finite bounds (low and high of the Box's shape, float32). Raises ConfigError, naming the space, for any
+    other space (MultiDiscrete, Dict, Tuple, ...) and for a Box with an infinite bound."""
+    kind = type(space).__name__
+    if kind == "Discrete":
+        return int(space.n), False, None, None
+    if kind != "Box":
+        raise ConfigError(f"env_name '{env_name}' has the action space {space!r} ({kind}), but only Discrete and "
+                          "bounded Box action spaces are supported")
+    shape = tuple(np.shape(space.low)) or tuple(getattr(space, "shape", ()) or ())
+    low = np.broadcast_to(np.asarray(space.low, np.float32), shape).copy()
+    high = np.broadcast_to(np.asarray(space.high, np.float32), shape).copy()
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(low < high)):
+        raise ConfigError(f"env_name '{env_name}' has the action space {space!r} with an unbounded or empty range "
+                          "(low must be finite and below a finite high in every component), but the agent needs "
+                          "a bounded Box to map its actions in [-1, 1] to")
+    return int(np.prod(shape, dtype=np.int64)), True, low, high
 
 
 class JaxEnvironment(Protocol):
@@ -55,20 +95,19 @@ class GymnaxEnvironment:
             raise ConfigError(_unknown_gymnax_id_message(env_name))
         self._env, self._params = gymnax.make(env_name)
         action_space = self._env.action_space(self._params)
-        if not isinstance(action_space, spaces.Discrete):
-            shape = getattr(action_space, "shape", None)
-            raise ConfigError(f"gymnax environment '{env_name}' has a {type(action_space).__name__} action space "
-                              f"of shape {shape}, but only discrete action spaces are supported")
+        num_actions, continuous, self._low, self._high = check_action_space(action_space, env_name)
         # The observation space's declared dtype is not always what reset returns (Catch declares int32 and
         # returns float32), so the spec is read from reset itself, traced abstractly at no cost.
         obs = jax.eval_shape(self.reset, jax.random.key(0))[1]
-        self.spec = EnvSpec(tuple(obs.shape), np.dtype(obs.dtype), int(action_space.n))
+        self.spec = EnvSpec(tuple(obs.shape), np.dtype(obs.dtype), num_actions, continuous)
 
     def reset(self, key):
         obs, env_state = self._env.reset(key, self._params)
         return env_state, obs
 
     def step(self, key, env_state, action):
+        if self.spec.continuous:  # [A] in [-1, 1] -> the Box's shape and bounds
+            action = to_bounds(action.reshape(self._low.shape), self._low, self._high)
         obs, env_state, reward, terminated, truncated, _ = self._env.step(key, env_state, action, self._params)
         return (env_state, obs, jnp.asarray(reward, jnp.float32), jnp.asarray(terminated, bool),
                 jnp.asarray(truncated, bool))
@@ -177,7 +216,7 @@ class PythonEnvironment(Protocol):
     def reset(self, key) -> np.ndarray:
         """Starts a new episode; returns its first observation."""
 
-    def step(self, key, action: int) -> tuple[np.ndarray, float, bool, bool]:
+    def step(self, key, action) -> tuple[np.ndarray, float, bool, bool]:
         """Returns (obs, reward, terminated, truncated)."""
 
 
@@ -244,12 +283,10 @@ class PythonEnvironmentFamily:
         probe = self._make()
         try:
             action_space = probe.action_space
-            if type(action_space).__name__ != "Discrete":
-                raise ConfigError(f"env_name '{env_name}' has the action space {action_space}, but only discrete "
-                                  "(Discrete) action spaces are supported")
+            num_actions, continuous, self.low, self.high = check_action_space(action_space, env_name)
             obs_shape, obs_dtype = _observation_spec(probe.observation_space, env_name)
-            self.spec = EnvSpec(obs_shape, obs_dtype, int(action_space.n))
-            self.action_start = int(getattr(action_space, "start", 0))
+            self.spec = EnvSpec(obs_shape, obs_dtype, num_actions, continuous)
+            self.action_start = 0 if continuous else int(getattr(action_space, "start", 0))
         finally:
             probe.close()
 
@@ -271,7 +308,7 @@ class PythonEnvironmentFamily:
 
     def instance(self, seed: int, render: bool = False) -> "GymEnvironment":
         """One seed's environment; with `render`, made with render_mode "rgb_array" (for videos)."""
-        return GymEnvironment(self._make(render), self.spec, self.action_start, seed)
+        return GymEnvironment(self._make(render), self.spec, self.action_start, seed, self.low, self.high)
 
     def observations(self, count: int) -> np.ndarray:
         """First observations of `count` episodes (for the binary-state check)."""
@@ -283,8 +320,9 @@ class GymEnvironment:
     """One gymnasium/gym env object with auto-reset. Seeded once from the run's seed at its first reset; its
     own generator goes on from there, so the key arguments are not used."""
 
-    def __init__(self, env, spec: EnvSpec, action_start: int, seed: int):
+    def __init__(self, env, spec: EnvSpec, action_start: int, seed: int, low=None, high=None):
         self.env, self.spec, self.action_start, self.seed = env, spec, action_start, seed
+        self.low, self.high = low, high  # a Box's bounds, of its shape
         if hasattr(env.action_space, "seed"):
             env.action_space.seed(seed)
 
@@ -300,8 +338,13 @@ class GymEnvironment:
         obs, _ = self.env.reset(seed=seed)
         return self._obs(obs)
 
-    def step(self, key, action: int):
-        obs, reward, terminated, truncated, _ = self.env.step(int(action) + self.action_start)
+    def step(self, key, action):
+        if self.spec.continuous:  # [A] in [-1, 1] -> the Box's shape, dtype and bounds
+            action = to_bounds(np.asarray(action, np.float32).reshape(self.low.shape), self.low, self.high)
+            action = action.astype(self.env.action_space.dtype)
+        else:
+            action = int(action) + self.action_start
+        obs, reward, terminated, truncated, _ = self.env.step(action)
         if terminated or truncated:
             obs = self.reset(None)
         return self._obs(obs), float(reward), bool(terminated), bool(truncated)
@@ -333,8 +376,9 @@ class JaxAsPythonEnvironment:
         self.env_state, obs = self._reset(key)
         return np.asarray(obs)
 
-    def step(self, key, action: int):
-        self.env_state, obs, reward, terminated, truncated = self._step(key, self.env_state, jnp.int32(action))
+    def step(self, key, action):
+        action = jnp.asarray(action, self.spec.action_dtype)
+        self.env_state, obs, reward, terminated, truncated = self._step(key, self.env_state, action)
         return np.asarray(obs), float(reward), bool(terminated), bool(truncated)
 
     def close(self):

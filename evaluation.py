@@ -96,7 +96,7 @@ class Recording(NamedTuple):
     """One episode as the agent saw it, [T] steps of a fixed T; steps after the episode's end are padding."""
 
     obs: jax.Array  # [T, *obs] the observation acted on at each step
-    action: jax.Array  # [T] int32
+    action: jax.Array  # [T] int32, or [T, A] float32 for continuous actions
     reward: jax.Array  # [T] float32 reward of the step's transition
     length: jax.Array  # [] int32 steps of the episode recorded (T if it did not end within them)
 
@@ -121,7 +121,9 @@ def record_episode(env, policy: Policy, key, num_frames: int) -> Recording:
                               recording.reward.at[steps].set(reward), steps + 1)
         return env_state, next_obs, policy.advance(carry, aux, action, end), recording, steps + 1, end, key
 
-    empty = Recording(jnp.zeros((num_frames, *obs.shape), obs.dtype), jnp.zeros(num_frames, jnp.int32),
+    spec = env.spec
+    empty = Recording(jnp.zeros((num_frames, *obs.shape), obs.dtype),
+                      jnp.zeros((num_frames, *spec.action_shape), spec.action_dtype),
                       jnp.zeros(num_frames, jnp.float32), jnp.int32(0))
     loop = (env_state, obs, policy.init(), empty, jnp.int32(0), jnp.bool_(False), key)
     return jax.lax.while_loop(running, step, loop)[3]
@@ -347,7 +349,7 @@ class RunObserver:
         self._rendered = rendered if self._render and all(rendered) else None
         obs, action, reward = (np.stack(x, 1) for x in zip(*recorded))  # [runs, t, ...]
         pad = lambda x: np.concatenate([x, np.zeros((x.shape[0], frames - x.shape[1], *x.shape[2:]), x.dtype)], 1)
-        return Recording(pad(obs), pad(action).astype(np.int32), pad(reward), lengths)
+        return Recording(pad(obs), pad(action).astype(self.env.spec.action_dtype), pad(reward), lengths)
 
     def close(self):
         for env in self._python_envs or []:

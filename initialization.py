@@ -15,7 +15,7 @@ from config import Config, ConfigError
 from environments import EnvSpec
 from losses_and_evaluation import actor_critic_losses, imagine, observe_step, world_model_loss
 from losses_and_evaluation import DIAGNOSTIC_SEQUENCES, model_diagnostics
-from distributions import Categorical, latents
+from distributions import action_distribution, action_head_size, actor_gradient, latents
 from networks import make_actor_critic, make_world_model
 from replay_buffer import ReplayBuffer, init_buffer, pack_frame, sample_sequences, unpack_frames
 
@@ -64,8 +64,8 @@ class Agent(NamedTuple):
     """Pure per-seed functions; the loop vmaps them over seeds."""
 
     init_state: Callable  # (key, env_state, obs, hparams={}) -> RunState, given the env's first reset
-    act: Callable  # (params, hparams, h [H], obs [*obs], key, greedy=False) -> (action [], z [Z]); greedy: the
-    # policy's mode instead of a sample
+    act: Callable  # (params, hparams, h [H], obs [*obs], key, greedy=False) -> (action, z [Z]); action int32 []
+    # or, for continuous actions, float32 [A] in [-1, 1]; greedy: the policy's mode instead of a sample
     next_h: Callable  # (params, h, z, action, episode_end) -> next h [H], zero after an episode end
     replay_obs: Callable  # obs [*obs] -> the compact frame replay stores
     train_update: Callable  # RunState -> (RunState, metrics dict of scalars, NUMERICAL_FAULT among them)
@@ -159,7 +159,8 @@ def check_observations(config: Config, env) -> None:
 def make_agent(config: Config, env) -> Agent:
     c, spec = config, env.spec
     wm = make_world_model(c, spec.obs_shape, spec.num_actions)
-    actor, critic = make_actor_critic(c, spec.num_actions)
+    actor, critic = make_actor_critic(c, action_head_size(c, spec.num_actions, spec.continuous))
+    action_dims = spec.num_actions if spec.continuous else None  # continuous actions' components
 
     def optimizers(run_config: Config) -> OptStates:  # the learning rates may be a run's swept values
         rc = run_config
@@ -174,12 +175,13 @@ def make_agent(config: Config, env) -> Agent:
         h, z = jnp.zeros(hidden), jnp.zeros(z_size)
         feat = jnp.zeros(hidden + z_size)
         critic_params = critic.init(critic_key, feat)
-        params = Params(wm.init(wm_key, obs, h, z, jnp.int32(0)), actor.init(actor_key, feat), critic_params,
-                        critic_params)
+        action = jnp.zeros(spec.action_shape, spec.action_dtype)
+        params = Params(wm.init(wm_key, obs, h, z, action), actor.init(actor_key, feat), critic_params, critic_params)
         opt_states = OptStates(*(opt.init(p) for opt, p in zip(optimizers(c), params[:3])))
         return RunState(
             params=params, opt_states=opt_states, env_state=env_state, obs=first_obs, rssm_h=h,
-            replay=init_buffer(c.buffer_size, *replay_frame(c, spec)), key=run_key,
+            replay=init_buffer(c.buffer_size, *replay_frame(c, spec), spec.action_shape, spec.action_dtype),
+            key=run_key,
             env_steps=jnp.int32(0), updates=jnp.int32(0), episode_return=jnp.float32(0.0), episodes=jnp.int32(0),
             return_scale=jnp.float32(0.0), hparams={k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()})
 
@@ -188,8 +190,12 @@ def make_agent(config: Config, env) -> Agent:
         embed = wm.embed(params.world_model, obs.astype(jnp.float32))
         z, _ = observe_step(c, wm, params.world_model, h, embed, latents(c).noise(post_key, ()))
         unimix = hparams.get("actor_unimix", c.actor_unimix)  # a swept value, else the config's
-        policy = Categorical.from_logits(actor.apply(params.actor, jnp.concatenate([h, z], -1)), unimix)
-        return (policy.mode() if greedy else policy.sample(action_key)), z
+        policy = action_distribution(c, actor.apply(params.actor, jnp.concatenate([h, z], -1)), spec.continuous, unimix)
+        if greedy:
+            return policy.mode(), z
+        if spec.continuous:  # a vector [A] in [-1, 1]
+            return policy.sample(jax.random.normal(action_key, spec.action_shape)), z
+        return policy.sample(action_key), z
 
     def next_h(params: Params, h, z, action, episode_end):
         return jnp.where(episode_end, 0.0, wm.transition(params.world_model, h, z, action))
@@ -209,12 +215,18 @@ def make_agent(config: Config, env) -> Agent:
         (wm_loss, (metrics, posterior)), wm_grads = wm_grad_fn(params.world_model)
         start_h = jax.lax.stop_gradient(posterior.h.reshape(-1, hidden))  # [B*T, H]
         start_z = jax.lax.stop_gradient(posterior.z.reshape(-1, z_size))  # [B*T, Z]
-        rollout = imagine(c, wm, params.world_model, actor.apply, params.actor, start_h, start_z, imagine_key)
+        # With the dynamics gradient the rollout is a function of the actor's parameters, differentiated with the
+        # actor's loss (the world model's parameters are not differentiated: the loss does not update them).
+        dynamics = actor_gradient(c, spec.continuous) != "reinforce"
+        rollout_of = lambda actor_params: imagine(c, wm, params.world_model, actor.apply, actor_params, start_h,
+                                                  start_z, imagine_key, None, action_dims, straight_through=dynamics)
+        fixed_rollout = None if dynamics else rollout_of(params.actor)
 
         def actor_critic_loss(actor_params, critic_params):
+            rollout = rollout_of(actor_params) if dynamics else fixed_rollout
             actor_loss, critic_loss, ac_metrics = actor_critic_losses(
                 c, actor.apply, critic.apply, actor_params, critic_params, params.target_critic, rollout,
-                state.return_scale)
+                state.return_scale, spec.continuous)
             # disjoint params: each gets its own loss's gradient
             return actor_loss + critic_loss, (actor_loss, critic_loss, ac_metrics)
 

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 
 from config import Config
-from distributions import (Bernoulli, Categorical, latents, observation_distribution, reward_distribution,
-                           value_distribution)
+from distributions import (Bernoulli, action_distribution, actor_gradient, latents,
+                           observation_distribution, reward_distribution, value_distribution)
 from networks import WorldModel
 
 
@@ -131,27 +131,39 @@ def lambda_returns(rewards, continues, values, discount: float, lmbda: float):
 
 class ImaginedRollout(NamedTuple):
     feat: jax.Array  # [K+1, N, H+Z] model features along the rollout (index 0 = start state)
-    action: jax.Array  # [K, N]
+    action: jax.Array  # [K, N] int32 (discrete) or [K, N, A] float32 (continuous)
     reward: jax.Array  # [K, N] predicted reward of each transition
     cont: jax.Array  # [K, N] predicted probability that the episode continues after each transition
 
 
 def imagine(config: Config, wm: WorldModel, wm_params, actor_apply: Callable, actor_params, start_h, start_z, key,
-            horizon: int | None = None):
+            horizon: int | None = None, action_dims: int | None = None, straight_through: bool = False):
     """Roll the prior forward `horizon` steps (default `rollout_length`) from start states [N, H], [N, Z] with
-    the actor."""
+    the actor. Discrete actions (`action_dims` None) are drawn by inverse CDF; with `straight_through` the
+    transition reads them as one-hot samples whose gradient is the policy's probabilities', so the rollout
+    differentiates to the actor (the dynamics gradient). Continuous actions of `action_dims` components are
+    reparameterised samples: the rollout always differentiates to the actor through them."""
+    continuous = action_dims is not None
 
     def step(carry, noise_t):  # only what depends on the previous step stays in the scan
         h, z = carry
-        action_u, latent_noise_t = noise_t
-        policy = Categorical.from_logits(actor_apply(actor_params, jnp.concatenate([h, z], -1)), config.actor_unimix)
-        action = policy.sample_from_uniform(action_u)
-        next_h, next_z, _ = imagine_step(config, wm, wm_params, h, z, action, latent_noise_t)
+        action_noise, latent_noise_t = noise_t
+        policy = action_distribution(config, actor_apply(actor_params, jnp.concatenate([h, z], -1)), continuous)
+        if continuous:
+            action = model_action = policy.sample(action_noise)  # [N, A]
+        else:
+            action = model_action = policy.sample_from_uniform(action_noise)  # [N]
+            if straight_through:
+                probs = jnp.exp(policy.log_probs)
+                model_action = jax.nn.one_hot(action, probs.shape[-1]) + probs - jax.lax.stop_gradient(probs)
+        next_h, next_z, _ = imagine_step(config, wm, wm_params, h, z, model_action, latent_noise_t)
         return (next_h, next_z), (next_h, next_z, action)
 
     steps = (horizon or config.rollout_length, start_h.shape[0])
     action_key, latent_key = jax.random.split(key)  # the noise of all steps, drawn before the scan
-    noise = jax.random.uniform(action_key, (*steps, 1)), latents(config).noise(latent_key, steps)
+    action_noise = (jax.random.normal(action_key, (*steps, action_dims)) if continuous
+                    else jax.random.uniform(action_key, (*steps, 1)))
+    noise = action_noise, latents(config).noise(latent_key, steps)
     _, (next_h, next_z, action) = jax.lax.scan(step, (start_h, start_z), noise)
     h = jnp.concatenate([start_h[None], next_h], 0)  # [K+1, N, H]
     feat = jnp.concatenate([h, jnp.concatenate([start_z[None], next_z], 0)], -1)
@@ -174,11 +186,17 @@ def updated_return_scale(config: Config, return_scale, returns):
 
 
 def actor_critic_losses(config: Config, actor_apply, critic_apply, actor_params, critic_params,
-                        target_critic_params, rollout: ImaginedRollout, return_scale=0.0):
-    """Actor (REINFORCE with the critic as baseline, plus entropy bonus) and critic (regression to λ-returns
+                        target_critic_params, rollout: ImaginedRollout, return_scale=0.0, continuous: bool = False):
+    """Actor (plus entropy bonus) and critic (regression to λ-returns
     bootstrapped from the target critic, or from the critic itself with return_critic "online") losses on one
     imagined rollout. With slow_critic_weight, the critic is also pulled toward the target critic's
     predictions (DreamerV3's slow critic regulariser).
+
+    The actor's gradient (distributions.actor_gradient): REINFORCE with the critic as baseline, log π(a) times
+    the advantage; or dynamics backpropagation, the λ-returns themselves differentiated through the rollout
+    (which must then be a function of `actor_params`: its rewards, continuation probabilities and bootstrap
+    values depend on the actions); or a mix of the two, actor_grad_mix of dynamics. The critics' parameters get
+    no gradient from the actor's loss.
 
     `return_scale` is the EMA S of the λ-returns' spread before this update; it is updated with this rollout's
     returns and, with `return_normalization`, the advantages are divided by max(1, S), so returns of any scale
@@ -212,13 +230,25 @@ def actor_critic_losses(config: Config, actor_apply, critic_apply, actor_params,
         else:
             critic_loss += c.slow_critic_weight * jnp.mean(weights * 0.5 * (values - slow) ** 2)
 
-    policy = Categorical.from_logits(actor_apply(actor_params, feat[:-1]), c.actor_unimix)  # logits [K, N, A]
-    action_log_prob = policy.log_prob(rollout.action)
+    policy = action_distribution(c, actor_apply(actor_params, feat[:-1]), continuous)  # over [K, N]
     entropy = policy.entropy()
-    advantage = returns - sg(values)
-    if c.return_normalization:
-        advantage = advantage / jnp.maximum(1.0, return_scale)
-    actor_loss = -jnp.mean(weights * (action_log_prob * advantage + c.beta * entropy))
+    scale = jnp.maximum(1.0, return_scale) if c.return_normalization else 1.0
+    gradient = actor_gradient(c, continuous)
+    if gradient == "reinforce":
+        advantage = returns - sg(values)
+        if c.return_normalization:
+            advantage = advantage / scale
+        objective = policy.log_prob(rollout.action) * advantage
+    else:
+        # λ-returns with gradients through the rollout; the bootstrap values from critics held fixed
+        bootstrap_critic = target_critic_params if c.return_critic == "target" else critic_params
+        dynamics_bootstrap = critic(sg(bootstrap_critic), rollout.feat).mean  # [K+1, N]
+        dynamics_returns = lambda_returns(rollout.reward, rollout.cont, dynamics_bootstrap, c.discount, c.lmbda)
+        objective = (dynamics_returns - sg(values)) / scale
+        if gradient == "mix":
+            reinforce = policy.log_prob(sg(rollout.action)) * (returns - sg(values)) / scale
+            objective = c.actor_grad_mix * objective + (1.0 - c.actor_grad_mix) * reinforce
+    actor_loss = -jnp.mean(weights * (objective + c.beta * entropy))
 
     metrics = {"actor_loss": actor_loss, "critic_loss": critic_loss, "actor_entropy": jnp.mean(entropy),
                "imagined_return": jnp.mean(returns[0]), "imagined_value": jnp.mean(values),
@@ -273,7 +303,7 @@ def model_diagnostics(config: Config, wm: WorldModel, wm_params, actor_apply: Ca
     c = config
     observe_key, actor_key, open_loop_key = jax.random.split(key, 3)
     obs = batch.obs.astype(jnp.float32)  # [B, T, *obs]
-    batch_size, seq_len = batch.action.shape
+    batch_size, seq_len = batch.action.shape[:2]
     episode_end = batch.terminated | batch.truncated
     h, z, next_h, prior, posterior = observe_sequence(c, wm, wm_params, obs, batch.action, episode_end, observe_key)
 
@@ -303,7 +333,8 @@ def model_diagnostics(config: Config, wm: WorldModel, wm_params, actor_apply: Ca
     real_return = discounted_sum(reward, real_steps, c.discount)  # [B]
 
     start_h, start_z = h[:, start], z[:, start]
-    rollout = imagine(c, wm, wm_params, actor_apply, actor_params, start_h, start_z, actor_key, horizon)
+    action_dims = batch.action.shape[2] if batch.action.ndim == 3 else None  # continuous actions [B, T, A]
+    rollout = imagine(c, wm, wm_params, actor_apply, actor_params, start_h, start_z, actor_key, horizon, action_dims)
     imagined_steps = jnp.where(ends_truncated[None], real_steps, 1.0)
     imagined_return = discounted_sum(rollout.reward, continuation_weights(rollout.cont) * imagined_steps, c.discount)
 

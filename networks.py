@@ -196,7 +196,8 @@ class WorldModel(NamedTuple):
         one batched matmul outside the posterior's scan
     prior(params, h [..., H]) -> latent params [..., P]
     posterior(params, h [..., H], embed [..., U]) -> latent params [..., P]
-    transition(params, h [..., H], z [..., Z], action [...] int) -> next h [..., H]
+    transition(params, h [..., H], z [..., Z], action) -> next h [..., H]; action: integers [...] (discrete,
+        one-hot encoded) or vectors [..., A] (continuous actions, or a discrete one-hot sample), A = num_actions
     decode(params, feat [..., H+Z]) -> observation logits/means [..., *obs]
     reward(params, h [..., H]) -> reward head outputs [..., R] (distributions.reward_distribution reads them)
     termination(params, h [..., H]) -> termination logit [...]
@@ -239,7 +240,12 @@ def make_world_model(config: Config, obs_shape: tuple[int, ...], num_actions: in
         def transition(h, z, action):
             check_trailing_shape("transition h", h, (c.num_hidden_units,))
             check_trailing_shape("transition z", z, (latents(c).size,))
-            x = transition_input(jnp.concatenate([z, jax.nn.one_hot(action, num_actions, dtype=z.dtype)], -1))
+            action = jnp.asarray(action)
+            if jnp.issubdtype(action.dtype, jnp.integer):  # discrete action indices [...]
+                action = jax.nn.one_hot(action, num_actions, dtype=z.dtype)
+            # else already a vector [..., num_actions]: a continuous action, or a discrete one's one-hot sample
+            # with straight-through gradients (the dynamics actor gradient)
+            x = transition_input(jnp.concatenate([z, action.astype(z.dtype)], -1))
             if c.layer_norm:
                 return gru(x, h)
             _, next_h = gru(x, h)
@@ -268,7 +274,8 @@ def make_world_model(config: Config, obs_shape: tuple[int, ...], num_actions: in
 
 
 def make_actor_critic(config: Config, num_actions: int):
-    """(actor, critic) haiku transforms: feature [..., H+Z] -> action logits [..., A] / critic outputs [..., V]
+    """(actor, critic) haiku transforms: feature [..., H+Z] -> actor outputs [..., num_actions] (the policy's
+    parameters, distributions.action_head_size and action_distribution) / critic outputs [..., V]
     (distributions.value_distribution reads them). A categorical latent in the features must be a sample, as
     in `WorldModel`."""
     c = config

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 class ReplayBuffer(NamedTuple):
     obs: jax.Array           # [S, *obs_shape] in a compact dtype (bool / uint8 for binary frames)
-    action: jax.Array        # [S] int32
+    action: jax.Array        # [S] int32 (discrete) or [S, A] float32 (continuous, in [-1, 1])
     reward: jax.Array        # [S] float32: received after taking action[i] from obs[i]
     terminated: jax.Array    # [S] bool: the episode terminated after action[i]
     truncated: jax.Array     # [S] bool: a time limit cut the episode after action[i]
@@ -20,17 +20,19 @@ class ReplayBuffer(NamedTuple):
 
 class SequenceBatch(NamedTuple):
     obs: jax.Array         # [B, L, *obs_shape] in the buffer's dtype
-    action: jax.Array      # [B, L] int32
+    action: jax.Array      # [B, L] int32 or [B, L, A] float32
     reward: jax.Array      # [B, L] float32
     terminated: jax.Array  # [B, L] bool
     truncated: jax.Array   # [B, L] bool
 
 
-def init_buffer(buffer_size: int, obs_shape: tuple, obs_dtype) -> ReplayBuffer:
-    """An empty buffer of `buffer_size` entries; observations are stored as `obs_dtype`."""
+def init_buffer(buffer_size: int, obs_shape: tuple, obs_dtype, action_shape: tuple = (),
+                action_dtype=jnp.int32) -> ReplayBuffer:
+    """An empty buffer of `buffer_size` entries; observations are stored as `obs_dtype`, actions as
+    `action_dtype` of `action_shape` (int32 [] for discrete actions, float32 [A] for continuous ones)."""
     return ReplayBuffer(
         obs=jnp.zeros((buffer_size, *obs_shape), obs_dtype),
-        action=jnp.zeros(buffer_size, jnp.int32),
+        action=jnp.zeros((buffer_size, *action_shape), action_dtype),
         reward=jnp.zeros(buffer_size, jnp.float32),
         terminated=jnp.zeros(buffer_size, bool),
         truncated=jnp.zeros(buffer_size, bool),
@@ -44,7 +46,7 @@ def add(buffer: ReplayBuffer, obs, action, reward, terminated, truncated) -> Rep
     size = buffer.action.shape[0]
     return ReplayBuffer(
         obs=buffer.obs.at[i].set(jnp.asarray(obs).astype(buffer.obs.dtype)),
-        action=buffer.action.at[i].set(jnp.asarray(action, jnp.int32)),
+        action=buffer.action.at[i].set(jnp.asarray(action, buffer.action.dtype)),
         reward=buffer.reward.at[i].set(jnp.asarray(reward, jnp.float32)),
         terminated=buffer.terminated.at[i].set(jnp.asarray(terminated, bool)),
         truncated=buffer.truncated.at[i].set(jnp.asarray(truncated, bool)),

@@ -199,7 +199,10 @@ def random_policy_return(env, num_envs: int = RANDOM_POLICY_ENVS, steps: int = R
     def step(carry, key):
         env_state, running, total, total_sq, count = carry
         action_key, env_key = jax.random.split(key)
-        actions = jax.random.randint(action_key, (num_envs,), 0, num_actions)
+        if env.spec.continuous:  # uniform in [-1, 1]^A, which the env maps to its bounds
+            actions = jax.random.uniform(action_key, (num_envs, num_actions), minval=-1.0, maxval=1.0)
+        else:
+            actions = jax.random.randint(action_key, (num_envs,), 0, num_actions)
         env_state, _, reward, terminated, truncated = envs.step(jax.random.split(env_key, num_envs), env_state,
                                                                 actions)
         running = running + reward  # [E]

@@ -118,8 +118,6 @@ def test_open_grid_observation_marks_agent_and_goal():
     ("gymnax_env", "Breakout", ["'Breakout'", "not a registered gymnax environment", "'Breakout-MinAtar'",
                                 "gymnax.registered_envs"]),
     ("open_grid_env", "ClosedGrid", ["'ClosedGrid'", "'OpenGrid'"]),
-    ("gymnax_env", "Pendulum-v1", ["'Pendulum-v1'", "only discrete action spaces are supported", "Box"]),
-    ("gymnax_env", "MountainCarContinuous-v0", ["'MountainCarContinuous-v0'", "only discrete action spaces"]),
 ])
 def test_configuration_mistakes_raise_one_line_config_error(environment, env_name, expected, capsys):
     with pytest.raises(ConfigError) as error:

@@ -165,7 +165,12 @@ class _DictObsEnv(_GrayscaleEnv):
     observation_space = gymnasium.spaces.Dict({"x": gymnasium.spaces.Box(0, 1, (2,))})
 
 
+class _MultiDiscreteEnv(_GrayscaleEnv):
+    action_space = gymnasium.spaces.MultiDiscrete([2, 3])
+
+
 gymnasium.register("TestGrayscale-v0", entry_point=_GrayscaleEnv)
+gymnasium.register("TestMultiDiscrete-v0", entry_point=_MultiDiscreteEnv)
 gymnasium.register("TestDictObs-v0", entry_point=_DictObsEnv)
 
 
@@ -185,7 +190,8 @@ def test_observations_are_converted_to_the_spec():
     (["env_config.env_name=SpaceInvaders-MinAtar"], ["is a gymnax id", "gymnax_env"]),
     (["env_config.env_name=MinAtar/SpaceInvader-v1"], ["'MinAtar/SpaceInvader-v1' is not a registered gymnasium",
                                                        "did you mean 'MinAtar/SpaceInvaders-v1'"]),
-    (["env_config.env_name=Pendulum-v1"], ["action space Box", "only discrete"]),
+    (["env_config.env_name=TestMultiDiscrete-v0"], ["action space MultiDiscrete", "(MultiDiscrete)",
+                                                    "only Discrete and bounded Box action spaces"]),
     (["env_config.env_name=TestDictObs-v0"], ["observation space Dict", "Box of shape (n,)"]),
     (["env_config.colour=red"], ["does not accept the env_config keys colour"]),
     (["environment=gym_env", "env_config.env_name=CartPol-v1"], ["not a registered gym environment"]),
