@@ -19,6 +19,13 @@ import numpy as np
 from config import Config
 
 
+def takes_part(amount) -> bool:
+    """Whether a weight or mixing amount enters the computation: a config number unless it is 0, a swept value
+    (an array, traced inside the program) always, even where it is 0. Keeps configs without the option on the
+    program they had before it."""
+    return isinstance(amount, jax.Array) or amount != 0
+
+
 def inverse_cdf_sample(u, probs):
     """Class indices [...] drawn from probs [..., W] with one uniform number u [..., 1] per variable.
 
@@ -40,7 +47,7 @@ class OneHotCategorical(NamedTuple):
         """From unnormalised logits [..., F*W]; with `unimix` > 0 each variable's probabilities are
         (1 - unimix) softmax + unimix / W (DreamerV3), so no class falls below unimix / W."""
         logits = logits.reshape(*logits.shape[:-1], num, width)
-        if unimix == 0:
+        if not takes_part(unimix):
             return cls(jax.nn.log_softmax(logits, axis=-1))
         return cls(jnp.log((1.0 - unimix) * jax.nn.softmax(logits, -1) + unimix / width))
 
@@ -213,7 +220,7 @@ class Categorical(NamedTuple):
     def from_logits(cls, logits, unimix=0.0) -> "Categorical":
         """Probabilities (1 - unimix) softmax(logits) + unimix / A; the logits as they are where unimix is the
         number 0 (a swept value is an array: mixed even where it is 0)."""
-        if isinstance(unimix, jax.Array) or unimix != 0:
+        if takes_part(unimix):
             logits = jnp.log((1.0 - unimix) * jax.nn.softmax(logits, -1) + unimix / logits.shape[-1])
         return cls(logits, jax.nn.log_softmax(logits))
 

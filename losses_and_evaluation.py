@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 
 from config import Config
-from distributions import (Bernoulli, action_distribution, actor_gradient, latents,
-                           observation_distribution, reward_distribution, value_distribution)
+from distributions import (Bernoulli, action_distribution, actor_gradient, latents, observation_distribution,
+                           reward_distribution, takes_part, value_distribution)
 from networks import WorldModel
 
 
@@ -35,7 +35,7 @@ def imagine_step(config: Config, wm: WorldModel, wm_params, h, z, action, noise)
 def free_bits(kl, free_nats):
     """max(kl, free_nats): a KL term below `free_nats` is a constant, so it has no gradient there (DreamerV3).
     The KL as it is where free_nats is the number 0 (a swept value is an array: clipped even where it is 0)."""
-    if isinstance(free_nats, jax.Array) or free_nats != 0:
+    if takes_part(free_nats):
         return jnp.maximum(kl, free_nats)
     return kl
 
@@ -222,7 +222,7 @@ def actor_critic_losses(config: Config, actor_apply, critic_apply, actor_params,
         critic_loss = -jnp.mean(weights * value_dist.log_prob(returns))
     else:
         critic_loss = jnp.mean(weights * 0.5 * (values - returns) ** 2)
-    if isinstance(c.slow_critic_weight, jax.Array) or c.slow_critic_weight != 0:  # toward the slow critic
+    if takes_part(c.slow_critic_weight):  # toward the slow critic
         slow = target_values[:-1] if c.return_critic == "target" else critic(target_critic_params, feat[:-1]).mean
         slow = sg(slow)
         if c.twohot_critic:
