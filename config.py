@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 
-JAX_FAMILIES = ("gymnax_env", "open_grid_env")  # written in JAX: the whole loop compiles
+JAX_FAMILIES = ("gymnax_env", "open_grid_env", "brax_env")  # written in JAX: the whole loop compiles
+# env_config keys besides env_name that a JAX family takes, each an integer >= 1 (brax: its time limit in physics
+# steps and the physics steps per action)
+JAX_FAMILY_KEYS = {"brax_env": ("episode_length", "action_repeat")}
 PYTHON_FAMILIES = ("gymnasium_env", "gym_env")  # Python objects, stepped between the agent's jitted pieces
 
 
@@ -29,9 +32,11 @@ def _opt(default, help, *, ge=None, gt=None, le=None, choices=None):
 class EnvConfig:
     """Which environment to build; set from the command line as env_config.KEY=VALUE."""
 
-    env_name: str = _opt("SpaceInvaders-MinAtar", "environment id: a gymnax name such as Breakout-MinAtar, or a "
-                         "gymnasium/gym id such as CartPole-v1 or MinAtar/SpaceInvaders-v1")
-    # Every other env_config key (e.g. "max_episode_steps": 200) is a keyword argument for gymnasium/gym `make`.
+    env_name: str = _opt("SpaceInvaders-MinAtar", "environment id: a gymnax name such as Breakout-MinAtar, a brax "
+                         "name such as inverted_pendulum, or a gymnasium/gym id such as CartPole-v1 or "
+                         "MinAtar/SpaceInvaders-v1")
+    # Every other env_config key (e.g. "max_episode_steps": 200) is a keyword argument for gymnasium/gym `make`,
+    # or one of the keys a JAX family takes (JAX_FAMILY_KEYS: brax's episode_length and action_repeat).
     make_kwargs: dict = field(default_factory=dict, metadata={"help": "extra keys passed to make", "extra": True})
 
     def __post_init__(self):
@@ -167,10 +172,8 @@ class Config:
         if self.training_start_time < self.sequence_length:
             raise ConfigError(f"training_start_time must be >= sequence_length ({self.sequence_length}), "
                               f"got {self.training_start_time}")
-        if self.env_config.make_kwargs and self.environment in JAX_FAMILIES:
-            key = sorted(self.env_config.make_kwargs)[0]
-            raise ConfigError(f"{_unknown_key('env_config.' + key)} (extra env_config keys are keyword arguments "
-                              f"for make, taken by {' and '.join(PYTHON_FAMILIES)} only)")
+        if self.environment in JAX_FAMILIES:
+            _check_family_keys(self.environment, self.env_config.make_kwargs)
         if self.jax_env and self.environment in PYTHON_FAMILIES:
             raise ConfigError(f"environment {self.environment} is not written in JAX, so jax_env must be false")
         object.__setattr__(self, "sweep", _checked_sweep(self.sweep))
@@ -179,6 +182,19 @@ class Config:
     def num_runs(self) -> int:
         """Runs side by side in the program: every variant of the sweep with num_seeds seeds each."""
         return self.num_seeds * math.prod(len(values) for values in self.sweep.values())
+
+
+def _check_family_keys(environment: str, env_kwargs: dict) -> None:
+    """A JAX family's env_config keys besides env_name: those it takes (JAX_FAMILY_KEYS), integers >= 1."""
+    taken = JAX_FAMILY_KEYS.get(environment, ())
+    for key in sorted(env_kwargs):
+        if key not in taken:
+            own = f"{environment} takes {' and '.join('env_config.' + k for k in taken)}; other " if taken else ""
+            raise ConfigError(f"{_unknown_key('env_config.' + key)} ({own}extra env_config keys are keyword "
+                              f"arguments for make, taken by {' and '.join(PYTHON_FAMILIES)} only)")
+        value = env_kwargs[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"env_config.{key} must be an integer >= 1, got {value!r}")
 
 
 # DreamerV3's changes to DreamerV2, as the values of this config's keys (the 2023 paper's; docs/dreamerv3.md

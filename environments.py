@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from config import ConfigError
+from config import JAX_FAMILY_KEYS, ConfigError
 
 
 class EnvSpec(NamedTuple):
@@ -174,7 +174,12 @@ def _make_open_grid(env_name: str) -> OpenGridEnvironment:
     return OpenGridEnvironment()
 
 
-_FAMILIES = {"gymnax_env": GymnaxEnvironment, "open_grid_env": _make_open_grid}
+def _make_brax(env_name: str, **env_kwargs):
+    from brax_environments import BraxEnvironment  # brax itself is imported only when asked for
+    return BraxEnvironment(env_name, **env_kwargs)
+
+
+_FAMILIES = {"gymnax_env": GymnaxEnvironment, "open_grid_env": _make_open_grid, "brax_env": _make_brax}
 
 
 def make_environment(environment: str, env_name: str, env_kwargs: dict | None = None):
@@ -191,10 +196,12 @@ def make_environment(environment: str, env_name: str, env_kwargs: dict | None = 
     if environment not in _FAMILIES:
         valid = ", ".join(f"'{name}'" for name in [*_FAMILIES, *_PYTHON_FAMILIES])
         raise ConfigError(f"unknown environment '{environment}', choose one of {valid}")
-    if env_kwargs:
-        raise ConfigError(f"environment {environment} takes only env_config.env_name, got the extra key(s) "
-                          f"{', '.join(sorted(env_kwargs))} (extra keys are passed to make by gymnasium_env and gym_env)")
-    return _FAMILIES[environment](env_name)
+    extra = sorted(set(env_kwargs) - set(JAX_FAMILY_KEYS.get(environment, ())))
+    if extra:
+        raise ConfigError(f"environment {environment} takes only env_config.env_name"
+                          f"{''.join(', ' + key for key in JAX_FAMILY_KEYS.get(environment, ()))}, got the extra "
+                          f"key(s) {', '.join(extra)} (extra keys are passed to make by gymnasium_env and gym_env)")
+    return _FAMILIES[environment](env_name, **env_kwargs)
 
 
 def environment_from_config(config):
