@@ -69,6 +69,9 @@ TASKS: dict[str, Task] = {
                                          steps=10_000, seeds=4, threshold=150.0, window=10),
     "breakout-minatar-dreamerv3": Task("configs/dreamerv3_small.json", ("env_config.env_name=Breakout-MinAtar",),
                                        steps=30_000, seeds=4, threshold=2.0, window=50, above_random=True),
+    # brax: a return is the steps the pole stays up, at most 1,000 (the time limit)
+    "brax-inverted-pendulum": Task("configs/brax_inverted_pendulum.json", (), steps=12_000, seeds=2,
+                                   threshold=100.0, window=10, above_random=True),
 }
 
 RANDOM_POLICY_ENVS = 64  # environments stepped side by side by the random policy
