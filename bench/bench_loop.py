@@ -57,7 +57,9 @@ def machine_info() -> dict:
             "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
             "huge_pages": huge_pages.active(),
             # a persistent compilation cache set in the environment turns compile_s into a load time
-            "compilation_cache_dir": jax.config.jax_compilation_cache_dir}
+            "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
+            # other work on the same cores: 1, 5 and 15 minute load averages when the figures are reported
+            "load_average": list(os.getloadavg())}
 
 
 def time_block(compiled, state, repeats: int):
