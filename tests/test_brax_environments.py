@@ -130,8 +130,11 @@ def test_without_brax_installed_the_error_names_the_requirements_file(monkeypatc
 
 
 @pytest.mark.parametrize("override, fragments", [
-    ("env_config.max_episode_steps=200", ["unknown config key 'env_config.max_episode_steps'",
-                                          "brax_env takes env_config.episode_length and env_config.action_repeat"]),
+    ("env_config.max_episode_steps=200", ["unknown config key 'env_config.max_episode_steps'; brax_env takes "
+                                          "env_config.episode_length and env_config.action_repeat besides "
+                                          "env_config.env_name"]),
+    ("env_config.episode_lenght=5", ["unknown config key 'env_config.episode_lenght'; did you mean "
+                                     "'env_config.episode_length'? brax_env takes"]),
     ("env_config.episode_length=0", ["env_config.episode_length must be an integer >= 1, got 0"]),
     ("env_config.action_repeat=1.5", ["env_config.action_repeat must be an integer >= 1, got 1.5"]),
 ])
