@@ -188,10 +188,10 @@ def _check_family_keys(environment: str, env_kwargs: dict) -> None:
     """A JAX family's env_config keys besides env_name: those it takes (JAX_FAMILY_KEYS), integers >= 1."""
     taken = JAX_FAMILY_KEYS.get(environment, ())
     for key in sorted(env_kwargs):
-        if key not in taken and not taken:
-            raise ConfigError(f"{_unknown_key('env_config.' + key)} (extra env_config keys are keyword arguments "
-                              f"for make, taken by {' and '.join(PYTHON_FAMILIES)} only)")
         if key not in taken:
+            if not taken:
+                raise ConfigError(f"{_unknown_key('env_config.' + key)} (extra env_config keys are keyword "
+                                  f"arguments for make, taken by {' and '.join(PYTHON_FAMILIES)} only)")
             close = difflib.get_close_matches(key, taken, n=1)
             hint = f"did you mean 'env_config.{close[0]}'? " if close else ""
             raise ConfigError(f"unknown config key 'env_config.{key}'; {hint}{environment} takes "

@@ -1,9 +1,10 @@
 """The environment protocols the agent-environment loop uses, and their adapters.
 
-JAX environments (gymnax, the example grid world) are pure: reset and step are functions of their arguments,
-so the whole loop jits and vmaps over seeds. Python environments (gymnasium, legacy gym) are objects with
-state of their own, one per seed, stepped on the host between the agent's jitted pieces. The loop sees
-both through a batched interface over the seed axis: `VmappedEnvironments` and `PythonEnvironments`."""
+JAX environments (gymnax, brax in brax_environments.py, the example grid world) are pure: reset and step are
+functions of their arguments, so the whole loop jits and vmaps over seeds. Python environments (gymnasium,
+legacy gym) are objects with state of their own, one per seed, stepped on the host between the agent's jitted
+pieces. The loop sees both through a batched interface over the seed axis: `VmappedEnvironments` and
+`PythonEnvironments`."""
 
 import contextlib
 import difflib
