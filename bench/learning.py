@@ -59,13 +59,15 @@ TASKS: dict[str, Task] = {
                              ("env_config.env_name=Breakout-MinAtar", "no_conv=false", "num_conv_filters=8",
                               "conv_depth=2"),
                              steps=30_000, seeds=4, threshold=2.0, window=50, above_random=True),
-    # DreamerV3's small preset, one set of hyper-parameters for every task: only the environment changes.
-    "catch-dreamerv3": Task("configs/dreamerv3_small.json", (), steps=20_000, seeds=4, threshold=0.8, window=50),
-    "cartpole-gymnax-dreamerv3": Task("configs/dreamerv3_small.json", ("env_config.env_name=CartPole-v1",),
+    # DreamerV3's small preset, one set of hyper-parameters for every task: only the environment changes
+    # (with binary_state, which says whether its observations are 0/1 frames).
+    "catch-dreamerv3": Task("configs/dreamerv3_small.json", (), steps=12_000, seeds=4, threshold=0.8, window=50),
+    "cartpole-gymnax-dreamerv3": Task("configs/dreamerv3_small.json",
+                                      ("env_config.env_name=CartPole-v1", "binary_state=false"),
                                       steps=10_000, seeds=4, threshold=150.0, window=10),
     "cartpole-gymnasium-dreamerv3": Task("configs/dreamerv3_small.json",
                                          ("environment=gymnasium_env", "jax_env=false",
-                                          "env_config.env_name=CartPole-v1"),
+                                          "env_config.env_name=CartPole-v1", "binary_state=false"),
                                          steps=10_000, seeds=4, threshold=150.0, window=10),
     "breakout-minatar-dreamerv3": Task("configs/dreamerv3_small.json", ("env_config.env_name=Breakout-MinAtar",),
                                        steps=30_000, seeds=4, threshold=2.0, window=50, above_random=True),
