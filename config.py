@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 
-JAX_FAMILIES = ("gymnax_env", "open_grid_env")  # written in JAX: the whole loop compiles
+JAX_FAMILIES = ("gymnax_env", "open_grid_env", "craftax_env")  # written in JAX: the whole loop compiles
 PYTHON_FAMILIES = ("gymnasium_env", "gym_env")  # Python objects, stepped between the agent's jitted pieces
 
 
