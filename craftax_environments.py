@@ -87,12 +87,15 @@ class CraftaxEnvironment:
         episode_return = env_state.episode_return + reward
         ended = CraftaxState(game, episode_return, game.achievements.astype(bool), episode_return)
 
-        # Auto-reset: both branches are computed and one is selected, which keeps it vmappable.
-        fresh, fresh_obs = self.reset(reset_key)
-        fresh = fresh._replace(ended_achievements=ended.ended_achievements, ended_return=episode_return)
-        done = terminated | truncated
-        env_state = jax.tree.map(lambda new, old: jnp.where(done, new, old), fresh, ended)
-        return env_state, jnp.where(done, fresh_obs, obs), reward, terminated, truncated
+        # Auto-reset. Generating a world costs about twice a step: a `cond` generates one only at an episode's
+        # end where it runs as a branch (one seed; Python stepping), and vmapped over seeds it becomes a select
+        # of both, as gymnax's auto-reset is.
+        def new_episode():
+            fresh, fresh_obs = self.reset(reset_key)
+            return fresh._replace(ended_achievements=ended.ended_achievements, ended_return=episode_return), fresh_obs
+
+        env_state, obs = jax.lax.cond(terminated | truncated, new_episode, lambda: (ended, obs))
+        return env_state, obs, reward, terminated, truncated
 
     def episode_statistics(self, env_state: CraftaxState) -> dict:
         """Statistics of the episode the step that returned `env_state` ended (meaningless where it ended none):

@@ -56,6 +56,8 @@ def machine_info() -> dict:
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
             "huge_pages": huge_pages.active(),
+            # 1, 5 and 15 minute load averages at the end: above the core count, other work shared the cores
+            "load_average": list(os.getloadavg()),
             # a persistent compilation cache set in the environment turns compile_s into a load time
             "compilation_cache_dir": jax.config.jax_compilation_cache_dir}
 
