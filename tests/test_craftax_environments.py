@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("craftax")
 
+import checkpoint  # noqa: E402
 from config import ConfigError, load_config  # noqa: E402
 from craftax_environments import CRAFTAX_IDS, CraftaxEnvironment  # noqa: E402
 from environments import make_environment  # noqa: E402
@@ -68,6 +69,17 @@ def test_the_end_of_the_game_is_a_termination(symbolic):
     np.testing.assert_array_equal(terminated, [True, False])
     np.testing.assert_array_equal(truncated, [False, False])
     np.testing.assert_array_equal(state.game.timestep, [0, 1])  # seed 0 starts a new episode
+
+
+def test_env_state_round_trips_through_a_checkpoint(symbolic, tmp_path):
+    _, reset, _, _ = symbolic
+    state, _ = reset(_keys(0))
+    path = str(tmp_path / "env_state.ckpt")
+    checkpoint.save(path, state, {})
+    loaded, _ = checkpoint.load(path, jax.eval_shape(lambda: state))
+    assert jax.tree.structure(loaded) == jax.tree.structure(state)
+    for saved_leaf, loaded_leaf in zip(jax.tree.leaves(state), jax.tree.leaves(loaded)):
+        np.testing.assert_array_equal(saved_leaf, loaded_leaf)
 
 
 def test_two_seeds_differ(symbolic):
