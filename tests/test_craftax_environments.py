@@ -71,17 +71,6 @@ def test_the_end_of_the_game_is_a_termination(symbolic):
     np.testing.assert_array_equal(state.game.timestep, [0, 1])  # seed 0 starts a new episode
 
 
-def test_env_state_round_trips_through_a_checkpoint(symbolic, tmp_path):
-    _, reset, _, _ = symbolic
-    state, _ = reset(_keys(0))
-    path = str(tmp_path / "env_state.ckpt")
-    checkpoint.save(path, state, {})
-    loaded, _ = checkpoint.load(path, jax.eval_shape(lambda: state))
-    assert jax.tree.structure(loaded) == jax.tree.structure(state)
-    for saved_leaf, loaded_leaf in zip(jax.tree.leaves(state), jax.tree.leaves(loaded)):
-        np.testing.assert_array_equal(saved_leaf, loaded_leaf)
-
-
 def test_two_seeds_differ(symbolic):
     _, reset, step, _ = symbolic
     state, obs = reset(_keys(0))
@@ -145,6 +134,16 @@ def test_seed_i_of_multiseed_run_equals_single_seed_run(runs):
                                        jax.tree.leaves(learned(single["state"]))):
         np.testing.assert_allclose(multi_leaf[1], single_leaf[0], rtol=1e-6, atol=1e-10)
     assert not np.array_equal(multi["state"].obs[0], multi["state"].obs[1])
+
+
+def test_a_craftax_run_state_round_trips_through_a_checkpoint(runs, tmp_path):
+    state = runs[0]["state"]  # the 2-seed run's, Craftax's env state (and its PRNG key) among its leaves
+    path = str(tmp_path / "run.ckpt")
+    checkpoint.save(path, state, {})
+    loaded, _ = checkpoint.load(path, jax.eval_shape(lambda: state))
+    assert jax.tree.structure(loaded) == jax.tree.structure(state)
+    for saved_leaf, loaded_leaf in zip(jax.tree.leaves(state), jax.tree.leaves(loaded)):
+        np.testing.assert_array_equal(saved_leaf, loaded_leaf)
 
 
 def test_achievements_in_the_records(runs):
