@@ -36,17 +36,21 @@ class CraftaxState(NamedTuple):
 
 
 def _import_craftax():
-    """craftax's env constructor and its two achievement modules, or one sentence on how to install it. Craftax
-    prints a line while it builds its texture cache at the first import: kept off the run's output."""
+    """craftax's env constructor and its two achievement modules, or one sentence on how to install it."""
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()):  # Craftax's lines about its texture cache
             from craftax.craftax_env import make_craftax_env_from_name
             from craftax.craftax import constants as full
             from craftax.craftax_classic import constants as classic
     except ImportError:
         raise ConfigError("environment craftax_env needs the optional craftax package: install it with "
                           "pip install -r requirements-craftax.txt") from None
-    return make_craftax_env_from_name, full, classic
+
+    def make(env_name: str):
+        with contextlib.redirect_stdout(io.StringIO()):  # its renderer, imported here, prints them too
+            return make_craftax_env_from_name(env_name, auto_reset=False)
+
+    return make, full, classic
 
 
 class CraftaxEnvironment:
@@ -58,7 +62,7 @@ class CraftaxEnvironment:
             raise ConfigError(f"env_name '{env_name}' is not a Craftax id; environment craftax_env takes one of "
                               f"{', '.join(CRAFTAX_IDS)}")
         make, full, classic = _import_craftax()
-        self._env = make(env_name, auto_reset=False)
+        self._env = make(env_name)
         self._params = self._env.default_params
         if max_timesteps is not None:
             self._params = self._params.replace(max_timesteps=max_timesteps)
