@@ -28,6 +28,9 @@ class BlockMetrics(NamedTuple):
     episode_end: jax.Array  # bool: an episode ended (terminated or truncated) at this step
     trained: jax.Array  # bool [steps]: a training update ran at this step (shared by all seeds)
     train: dict  # name -> [steps, seeds] training metrics (zero where not trained)
+    # name -> [steps, seeds] statistics of the episode that ended at this step (valid where episode_end), from
+    # environments that report some (`episode_statistics`); empty for the others
+    episode_stats: dict = {}
 
 
 def python_scan(f, init, xs=None, length=None, to_host=None):
@@ -301,7 +304,7 @@ def make_block_function(config: Config, agent: Agent, envs, num_steps: int,
 
     store = compiled(with_decisions(jax.vmap(per_seed_store)))
 
-    def step_function(act, env_step, store, train_update, update_target):
+    def step_function(act, env_step, episode_statistics, store, train_update, update_target):
         no_metrics = {}  # zeros shaped like the training metrics, built once
 
         def skip_training(state):
@@ -315,20 +318,22 @@ def make_block_function(config: Config, agent: Agent, envs, num_steps: int,
             acting_params = state.params._replace(critic=None, target_critic=None)
             key, action, z, env_keys = act(acting_params, state.hparams, state.rssm_h, state.obs, state.key)
             env_output = env_step(env_keys, state.env_state, action)
+            episode_stats = episode_statistics(env_output[0])
             interaction = state._replace(params=None, opt_states=None, env_state=None, obs=None, key=key, hparams=None)
             interaction, (episode_return, episode_end), trained, refresh = store(
                 interaction, acting_params, state.obs, action, z, env_output)
             state = interaction._replace(params=state.params, opt_states=state.opt_states, hparams=state.hparams)
             state, train_metrics = cond(trained, train_update, skip_training, state)
             state = cond(refresh, update_target, lambda s: s, state)
-            return state, BlockMetrics(episode_return, episode_end, trained, train_metrics)
+            return state, BlockMetrics(episode_return, episode_end, trained, train_metrics, episode_stats)
 
         return step
 
-    seeds_step = step_function(act, envs.step, store, train_update, update_target)
+    seeds_step = step_function(act, envs.step, envs.episode_statistics, store, train_update, update_target)
     if drivers is JAX_DRIVERS:
-        one_seed_step = step_function(per_seed_act, envs.step_one_seed, with_decisions(per_seed_store),
-                                      jax.jit(agent.train_update), agent.update_target)
+        one_seed_step = step_function(per_seed_act, envs.step_one_seed, envs.episode_statistics_one_seed,
+                                      with_decisions(per_seed_store), jax.jit(agent.train_update),
+                                      agent.update_target)
 
     def block(state: RunState, length: int = num_steps):
         if drivers is not JAX_DRIVERS or state.env_steps.shape[0] != 1:
@@ -337,7 +342,8 @@ def make_block_function(config: Config, agent: Agent, envs, num_steps: int,
         with_seed_axis = lambda x: x[:, None]  # [steps, ...] -> [steps, 1, ...]
         metrics = metrics._replace(episode_return=with_seed_axis(metrics.episode_return),
                                    episode_end=with_seed_axis(metrics.episode_end),
-                                   train=jax.tree.map(with_seed_axis, metrics.train))
+                                   train=jax.tree.map(with_seed_axis, metrics.train),
+                                   episode_stats=jax.tree.map(with_seed_axis, metrics.episode_stats))
         return jax.tree.map(lambda x: x[None], state), metrics
 
     block.pieces = {"act": act, "store": store, "train_update": train_update, "update_target": update_target}

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 
-JAX_FAMILIES = ("gymnax_env", "open_grid_env", "brax_env")  # written in JAX: the whole loop compiles
+JAX_FAMILIES = ("gymnax_env", "open_grid_env", "brax_env", "craftax_env")  # written in JAX: the loop compiles
 # env_config keys besides env_name that a JAX family takes, each an integer >= 1 (brax: its time limit in physics
 # steps and the physics steps per action)
 JAX_FAMILY_KEYS = {"brax_env": ("episode_length", "action_repeat")}

@@ -244,7 +244,7 @@ def jit_block(block: Callable, placement: Placement) -> Callable:
     from agent_environment_interaction_loop import BlockMetrics, jit_block as jit_one_program
     if not placement.sharded:
         return jit_one_program(block)
-    metrics = BlockMetrics(STEPS_BY_RUNS, STEPS_BY_RUNS, SHARED, STEPS_BY_RUNS)  # `trained` is shared
+    metrics = BlockMetrics(STEPS_BY_RUNS, STEPS_BY_RUNS, SHARED, STEPS_BY_RUNS, STEPS_BY_RUNS)  # `trained` is shared
     return jit_one_program(placement.over_runs(lambda state: block(state), out_specs=(RUNS, metrics)))
 
 

@@ -87,6 +87,10 @@ class JaxEnvironment(Protocol):
     def step(self, key: jax.Array, env_state: Any, action: jax.Array) -> tuple[Any, jax.Array, ...]:
         """Returns (env_state, obs, reward, terminated, truncated)."""
 
+    # Optional: `episode_statistics(env_state) -> {name: scalar}`, statistics of the episode that the step which
+    # returned env_state ended (read only where it ended one), e.g. Craftax's achievements. The output records
+    # hold their means over the episodes each block ended; environments without it add nothing to the records.
+
 
 class GymnaxEnvironment:
     """A registered gymnax environment with its default parameters (gymnax 1.x already auto-resets)."""
@@ -180,7 +184,13 @@ def _make_brax(env_name: str, **env_kwargs):
     return BraxEnvironment(env_name, **env_kwargs)
 
 
-_FAMILIES = {"gymnax_env": GymnaxEnvironment, "open_grid_env": _make_open_grid, "brax_env": _make_brax}
+def _make_craftax(env_name: str):
+    from craftax_environments import CraftaxEnvironment  # imports the optional craftax package, if installed
+    return CraftaxEnvironment(env_name)
+
+
+_FAMILIES = {"gymnax_env": GymnaxEnvironment, "open_grid_env": _make_open_grid, "brax_env": _make_brax,
+             "craftax_env": _make_craftax}
 
 
 def make_environment(environment: str, env_name: str, env_kwargs: dict | None = None):
@@ -404,12 +414,19 @@ class VmappedEnvironments:
         self.reset = jax.vmap(env.reset)
         self.step = jax.vmap(env.step)
         self.step_one_seed = env.step  # one seed's state without the seed axis
+        statistics = getattr(env, "episode_statistics", None)
+        self.episode_statistics = jax.vmap(statistics) if statistics else _no_statistics
+        self.episode_statistics_one_seed = statistics or _no_statistics
 
     def reset_shapes(self, keys):
         return jax.eval_shape(self.reset, keys)
 
     def close(self):
         pass
+
+
+def _no_statistics(env_state) -> dict:
+    return {}
 
 
 class PythonEnvironments:
@@ -425,6 +442,7 @@ class PythonEnvironments:
         self._placeholder = np.zeros(len(self.envs), np.int32)
         self._needs_keys = any(isinstance(env, JaxAsPythonEnvironment) for env in self.envs)
         self._to_host, self._from_host = to_host or (lambda x: x), from_host or (lambda x: x)
+        self.episode_statistics = _no_statistics  # a Python environment's episodes report none
 
     def _keys(self, keys):
         return list(keys) if self._needs_keys else [None] * len(self.envs)

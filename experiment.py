@@ -130,7 +130,8 @@ def _runs(seed: int | Runs, num_runs: int) -> Runs:
 def block_records(metrics: BlockMetrics, state: RunState, seed: int | Runs, elapsed_s: float, num_steps: int):
     """Host-side summary of one block: (one JSON record per run, completed-episode returns per run). `seed`: the
     runs (runs_of), or the first of plain seeds seed, seed+1, .... A sweep's records also name the run's
-    variant ("variant") and hold its swept values ("hparams")."""
+    variant ("variant") and hold its swept values ("hparams"). Environments with `episode_statistics` (Craftax)
+    add the means of theirs over the episodes the block ended (None where it ended none)."""
     metrics = jax.device_get(metrics)
     env_steps, updates = np.asarray(state.env_steps), np.asarray(state.updates)
     trained = np.asarray(metrics.trained)
@@ -149,6 +150,8 @@ def block_records(metrics: BlockMetrics, state: RunState, seed: int | Runs, elap
             "episode_return": float(np.mean(seed_returns)) if seed_returns else None,
             "steps_per_second": num_steps / elapsed_s,
         }
+        for name, values in metrics.episode_stats.items():  # means over the episodes ended in the block
+            record[name] = float(np.mean(values[ended, i])) if seed_returns else None
         for name, values in metrics.train.items():
             if name == NUMERICAL_FAULT:  # not a record field: a fault stops the run (numerical_faults)
                 continue

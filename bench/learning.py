@@ -74,6 +74,10 @@ TASKS: dict[str, Task] = {
     # brax: a return is the steps the pole stays up, at most 1,000 (the time limit)
     "brax-inverted-pendulum": Task("configs/brax_inverted_pendulum.json", (), steps=12_000, seeds=2,
                                    threshold=100.0, window=10, above_random=True),
+    # DreamerV3's small preset with faster learning rates, on Craftax-Classic's symbolic observations (needs
+    # requirements-craftax.txt). The random policy's episodes last about 150 steps.
+    "craftax-classic-symbolic": Task("configs/craftax_classic_symbolic.json", (), steps=50_000, seeds=2,
+                                     threshold=1.0, window=10, above_random=True),
 }
 
 RANDOM_POLICY_ENVS = 64  # environments stepped side by side by the random policy
