@@ -269,9 +269,11 @@ def _unknown_python_id_message(module: str, env_name: str, package: str | None) 
     gym = _import_gym(module)
     registered = list(gym.envs.registry)
     if package and importlib.util.find_spec(package.replace("-", "_")) is None:
-        return f"env_name '{env_name}' is not a registered {module} environment: its ids come from the '{package}' package, install it with pip install {package}"
+        return (f"env_name '{env_name}' is not a registered {module} environment: its ids come from the "
+                f"'{package}' package, install it with pip install {package}")
     if env_name in gymnax.registered_envs:
-        return f"env_name '{env_name}' is a gymnax id, not a {module} one: set environment to gymnax_env (and jax_env to true)"
+        return (f"env_name '{env_name}' is a gymnax id, not a {module} one: set environment to gymnax_env "
+                "(and jax_env to true)")
     closest = difflib.get_close_matches(env_name, registered, n=1, cutoff=0.5)
     suggestion = f" (did you mean '{closest[0]}'?)" if closest else ""
     return (f"env_name '{env_name}' is not a registered {module} environment{suggestion}; list the valid ids with "

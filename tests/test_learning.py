@@ -1,6 +1,6 @@
 """Learning tests: the quickstart agent learns Catch (random scores about -0.6), and the CartPole agent learns
-gymnasium CartPole-v1 through the Python path (random scores about 22), far above a random policy. The DreamerV3
-small preset, unchanged but for the environment, learns both Catch and gymnax CartPole."""
+gymnasium CartPole-v1 through the Python path (random scores about 22), far above a random policy; the DreamerV3
+small preset, unchanged, learns Catch."""
 
 import numpy as np
 
@@ -32,24 +32,11 @@ def test_cartpole_agent_learns_through_gymnasium():
     assert np.mean(returns[-20:]) >= 100
 
 
-def _first_seed_of(config_path: str, *overrides: str):
-    """A preset's run of seed 0 alone (the preset's other seeds are bench/learning.py's), as its returns."""
-    config = load_config(config_path, [*overrides, "num_seeds=1"])
-    result = run(config, environment_from_config(config), seed=0, output=None, progress=False, diagnostics=False)
-    return np.asarray(result["returns"][0], float)
-
-
 def test_dreamerv3_small_preset_learns_catch():
-    # The DreamerV3 small preset as it is (Catch, 12,000 env steps). Random play scores about -0.6.
-    returns = _first_seed_of("configs/dreamerv3_small.json")
+    # The DreamerV3 small preset as it is (Catch, 12,000 env steps), seed 0 alone: seeds 0-3 end at 0.92-0.96
+    # over their last 50 episodes (bench/results.md). Random play scores about -0.6.
+    config = load_config("configs/dreamerv3_small.json", ["num_seeds=1"])
+    result = run(config, environment_from_config(config), seed=0, output=None, progress=False, diagnostics=False)
+    returns = np.asarray(result["returns"][0], float)
     assert np.mean(returns[:50]) < 0.0
     assert np.mean(returns[-50:]) >= 0.8, np.mean(returns[-50:])
-
-
-def test_dreamerv3_small_preset_learns_cartpole():
-    # The same preset on gymnax CartPole-v1: only the environment changes (its observations are not 0/1 frames),
-    # 10,000 env steps. Random play scores about 22.
-    returns = _first_seed_of("configs/dreamerv3_small.json", "env_config.env_name=CartPole-v1", "binary_state=false",
-                             "num_steps=10000")
-    assert np.mean(returns[:20]) < 40
-    assert np.mean(returns[-10:]) >= 150, np.mean(returns[-10:])
