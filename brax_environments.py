@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from config import ConfigError
-from environments import EnvSpec
+from environments import EnvSpec, auto_reset
 
 REQUIREMENTS = "requirements-brax.txt"
 
@@ -83,10 +83,7 @@ class BraxEnvironment:
         truncated = stepped.info["truncation"] > 0
         terminated = done & ~truncated
 
-        # Auto-reset: both branches are computed and one is selected, which keeps it vmappable. Each leaf keeps
-        # the reset state's dtype, so the state's type is the same at every step (brax's rewards can come back
-        # weakly typed).
         fresh, _ = self.reset(key)
-        env_state = jax.tree.map(lambda new, old: jnp.where(done, new, old).astype(new.dtype), fresh, stepped)
+        env_state = auto_reset(done, fresh, stepped)  # keeps the state's dtypes (brax's rewards come weakly typed)
         return (env_state, env_state.obs.astype(jnp.float32), jnp.asarray(stepped.reward, jnp.float32),
                 terminated, truncated)

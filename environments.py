@@ -1,10 +1,10 @@
 """The environment protocols the agent-environment loop uses, and their adapters.
 
-JAX environments (gymnax, brax in brax_environments.py, the example grid world) are pure: reset and step are
-functions of their arguments, so the whole loop jits and vmaps over seeds. Python environments (gymnasium,
-legacy gym) are objects with state of their own, one per seed, stepped on the host between the agent's jitted
-pieces. The loop sees both through a batched interface over the seed axis: `VmappedEnvironments` and
-`PythonEnvironments`."""
+JAX environments (gymnax, brax in brax_environments.py, Craftax in craftax_environments.py, the example
+grid world) are pure: reset and step are functions of their arguments, so the whole loop jits and vmaps over
+seeds. Python environments (gymnasium, legacy gym) are objects with state of their own, one per seed, stepped
+on the host between the agent's jitted pieces. The loop sees both through a batched interface over the seed
+axis: `VmappedEnvironments` and `PythonEnvironments`."""
 
 import contextlib
 import difflib
@@ -125,6 +125,13 @@ def _unknown_gymnax_id_message(env_name: str) -> str:
             f"python -c \"import gymnax; print(gymnax.registered_envs)\"")
 
 
+def auto_reset(done, fresh, stepped):
+    """The env state after a step: `fresh` (a new episode's) where `done`, else `stepped`. Both are computed and
+    one is selected, as gymnax's auto-reset does, which keeps the step vmappable. Each leaf keeps the fresh
+    state's dtype, so the state's type is the same at every step."""
+    return jax.tree.map(lambda new, old: jnp.where(done, new, old).astype(new.dtype), fresh, stepped)
+
+
 class OpenGridState(NamedTuple):
     position: jax.Array  # [2] int32: the agent's (row, column)
     time: jax.Array  # [] int32: steps taken in this episode
@@ -161,10 +168,8 @@ class OpenGridEnvironment:
         truncated = (moved.time >= self.max_steps) & ~terminated
         reward = terminated.astype(jnp.float32)
 
-        # Auto-reset, as gymnax does: both branches are computed and one is selected, which keeps it vmappable.
         reset_state, _ = self.reset(key)
-        done = terminated | truncated
-        env_state = jax.tree.map(lambda fresh, old: jnp.where(done, fresh, old), reset_state, moved)
+        env_state = auto_reset(terminated | truncated, reset_state, moved)
         return env_state, self._observe(env_state), reward, terminated, truncated
 
     def _observe(self, env_state):
