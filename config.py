@@ -121,6 +121,11 @@ class Config:
                                "targets (DreamerV3) instead of a Gaussian")
     twohot_bins: int = _opt(255, "bins of the two-hot reward and critic heads, evenly spaced on [-20, 20] in "
                             "symlog space", ge=2)
+    twohot_space: str = _opt(
+        "symlog", "where the two-hot heads encode and average: symlog (DreamerV3 2023: two-hot of symlog(x) over "
+        "the bins, prediction symexp of the expected bin, which underestimates the mean of a target that varies "
+        "from sample to sample) or raw (its later release: the bins mapped through symexp, two-hot of x itself, "
+        "prediction the expected bin)", choices=("symlog", "raw"))
     zero_init_heads: bool = _opt(False, "initialise the reward and critic output layers to zero, so both predict "
                                  "0 at the start (DreamerV3)")
     free_nats: float = _opt(0.0, "free bits: each KL term is clipped below this many nats, so it has no gradient "

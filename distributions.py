@@ -397,6 +397,44 @@ class TwoHotSymlog(NamedTuple):
         return self.mean
 
 
+def symexp_bins(num_bins: int) -> np.ndarray:
+    """The same bins mapped through symexp (DreamerV3's later release): dense near 0, sparse for large |x|."""
+    return np.asarray(symexp(twohot_bins(num_bins)), np.float32)
+
+
+class TwoHotSymexp(NamedTuple):
+    """A scalar predicted as a categorical over symexp-spaced bins in raw values (DreamerV3's later release):
+    the prediction is the expected bin, the log-likelihood of a target the cross-entropy with its two-hot
+    encoding in raw values. Unlike TwoHotSymlog's symexp of an expected symlog, the prediction is the mean of
+    the predicted distribution, so a target that varies from sample to sample is not underestimated."""
+
+    logits: jax.Array  # [..., K]
+
+    @property
+    def mean(self):
+        """E[bin] [...], summed over symmetric pairs of bins, p_i - p_(K-1-i) times b_i, so that equal
+        probabilities (zero logits) predict exactly 0."""
+        bins = symexp_bins(self.logits.shape[-1])
+        probs = jax.nn.softmax(self.logits, -1)
+        upper = np.arange((bins.shape[0] + 1) // 2, bins.shape[0])  # the bins above 0; -b_i is bin K-1-i
+        return (probs[..., upper] - probs[..., bins.shape[0] - 1 - upper]) @ bins[upper]
+
+    def log_prob(self, x):
+        """[...] for targets x [...]."""
+        bins = symexp_bins(self.logits.shape[-1])
+        position = jnp.interp(x, bins, np.arange(bins.shape[0], dtype=np.float32))  # [...] in units of bins
+        target = jax.nn.relu(1.0 - jnp.abs(position[..., None] - np.arange(bins.shape[0], dtype=np.float32)))
+        return jnp.sum(target * jax.nn.log_softmax(self.logits, -1), -1)
+
+    def mode(self):
+        return self.mean
+
+
+def twohot_distribution(config: Config, out):
+    """The two-hot head of `twohot_space` on its outputs [..., twohot_bins]."""
+    return TwoHotSymexp(out) if config.twohot_space == "raw" else TwoHotSymlog(out)
+
+
 class SymlogSquared(NamedTuple):
     """DreamerV3's vector decoder: the prediction lives in symlog space and is scored by squared error there
     (a log-likelihood up to a constant, negated); `mode` maps it back to observation space."""
@@ -427,7 +465,7 @@ def reward_distribution(config: Config, out):
     """The reward head's distribution from its outputs [..., reward_head_size]: two-hot symlog bins, or a
     Gaussian (mean, and a log std used where `learn_reward_variance`, else unit variance)."""
     if config.twohot_reward:
-        return TwoHotSymlog(out)
+        return twohot_distribution(config, out)
     return Normal(out[..., 0], out[..., 1] if config.learn_reward_variance else 0.0)
 
 
@@ -436,6 +474,6 @@ def value_head_size(config: Config) -> int:
 
 
 def value_distribution(config: Config, out):
-    """The critic's distribution from its outputs [..., value_head_size]: two-hot symlog bins, or a
-    unit-variance Gaussian around out[..., 0]."""
-    return TwoHotSymlog(out) if config.twohot_critic else Normal(out[..., 0])
+    """The critic's distribution from its outputs [..., value_head_size]: two-hot bins, or a unit-variance
+    Gaussian around out[..., 0]."""
+    return twohot_distribution(config, out) if config.twohot_critic else Normal(out[..., 0])

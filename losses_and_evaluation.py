@@ -252,6 +252,7 @@ def actor_critic_losses(config: Config, actor_apply, critic_apply, actor_params,
 
     metrics = {"actor_loss": actor_loss, "critic_loss": critic_loss, "actor_entropy": jnp.mean(entropy),
                "imagined_return": jnp.mean(returns[0]), "imagined_value": jnp.mean(values),
+               "imagined_reward": jnp.mean(rollout.reward), "imagined_continue": jnp.mean(rollout.cont),
                "return_scale": return_scale}
     return actor_loss, critic_loss, metrics
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from config import DREAMERV3, Config, load_config
-from distributions import (Categorical, OneHotCategorical, SymlogSquared, TwoHotSymlog, latents, symexp, symlog,
-                           twohot, twohot_bins)
+from distributions import (Categorical, OneHotCategorical, SymlogSquared, TwoHotSymexp, TwoHotSymlog, latents,
+                           symexp, symexp_bins, symlog, twohot, twohot_bins)
 from losses_and_evaluation import free_bits, kl_balance_loss
 from networks import NormGRU, make_actor_critic, make_world_model
 
@@ -54,6 +54,32 @@ def test_twohot_symlog_round_trip_and_log_prob():
     logits = np.random.default_rng(1).normal(size=(8, 255)).astype(np.float32)
     expected = np.sum(np.asarray(weights) * np.asarray(jax.nn.log_softmax(logits)), -1)
     np.testing.assert_allclose(TwoHotSymlog(jnp.asarray(logits)).log_prob(x), expected, rtol=1e-5)
+
+
+def test_twohot_raw_round_trip_zero_start_and_unbiased_mean():
+    # The later release's head: two-hot in raw values over symexp-spaced bins, the expected bin predicts x.
+    bins = symexp_bins(255)
+    assert bins[127] == 0.0 and np.all(np.diff(bins) > 0) and np.allclose(bins, -bins[::-1])
+    x = np.array([-5000.0, -12.0, -0.3, 0.0, 0.7, 1.0, 42.0, 1e5], np.float32)
+    position = np.interp(x, bins, np.arange(255))
+    weights = np.maximum(0.0, 1.0 - np.abs(position[:, None] - np.arange(255)))  # plain two-hot over the bins
+    assert np.allclose(weights.sum(-1), 1.0) and ((weights > 0).sum(-1) <= 2).all()
+    head = TwoHotSymexp(jnp.log(jnp.asarray(weights, jnp.float32) + 1e-30))
+    np.testing.assert_allclose(head.mean, x, rtol=1e-4, atol=1e-5)
+    logits = np.random.default_rng(1).normal(size=(8, 255)).astype(np.float32)
+    expected = np.sum(weights * np.asarray(jax.nn.log_softmax(logits)), -1)
+    np.testing.assert_allclose(TwoHotSymexp(jnp.asarray(logits)).log_prob(x), expected, rtol=1e-5)
+    np.testing.assert_array_equal(TwoHotSymexp(jnp.zeros((3, 255))).mean, 0.0)  # zero logits: exactly 0
+    # A target that is 2 or 100 with equal odds: the cross-entropy is least for the average of the two targets'
+    # encodings, whose raw head predicts their mean, 51; the 2023 symlog head predicts symexp of their mean
+    # symlog, about 16 (its bias for spread-out targets).
+    targets = np.array([2.0, 100.0], np.float32)
+    raw = np.maximum(0.0, 1.0 - np.abs(np.interp(targets, bins, np.arange(255))[:, None] - np.arange(255)))
+    np.testing.assert_allclose(TwoHotSymexp(jnp.log(jnp.asarray(raw.mean(0), jnp.float32))).mean, 51.0, rtol=1e-4)
+    in_symlog = np.asarray(twohot(symlog(targets), twohot_bins(255))).mean(0)
+    biased = float(TwoHotSymlog(jnp.log(jnp.asarray(in_symlog) + 1e-30)).mean)
+    np.testing.assert_allclose(biased, symexp(np.mean(symlog(targets))), rtol=1e-4)
+    assert biased < 17.0
 
 
 def test_symlog_squared_error_decoder():
