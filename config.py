@@ -142,7 +142,10 @@ class Config:
                               choices=("target", "online"))
     learn_reward_variance: bool = _opt(False, "learn the reward head's variance instead of fixing it to 1")
     maximize_nonterminal: bool = _opt(
-        True, "shift a replayed sequence holding an episode end to end on it or start at its episode's start")
+        True, "shift a replayed sequence holding an episode end to end on it or start at its episode's start "
+        "(the DreamerV2 reference's sampling; DreamerV3 draws sequences uniformly: false). With it, an episode "
+        "longer than sequence_length ends at the sequence's last step, a fixed number of steps after the "
+        "model's zero start state, which the termination head can learn instead of the states that end episodes")
     no_conv: bool = _opt(False, "use MLP encoder and decoder even for image observations")
     latent_type: str = _opt("categorical", "distribution of the latent variables", choices=("categorical", "gaussian"))
     environment: str = _opt("gymnax_env", "environment family", choices=JAX_FAMILIES + PYTHON_FAMILIES)
@@ -217,6 +220,7 @@ DREAMERV3 = {
     "free_nats": 1.0, "KL_prior_weight": 0.5, "KL_posterior_weight": 0.1, "posterior_entropy_weight": 0.0,
     "latent_unimix": 0.01, "actor_unimix": 0.01,
     "slow_critic_rate": 0.02, "slow_critic_weight": 1.0, "return_critic": "online",
+    "maximize_nonterminal": False,  # replayed sequences drawn uniformly, not shifted onto episode ends
     "discount": 0.997, "lmbda": 0.95, "rollout_length": 15, "beta": 3e-4,
     "model_alpha": 1e-4, "model_eps_adam": 1e-8, "model_grad_clip": 1000.0,  # Adam per module
     "pi_alpha": 3e-5, "V_alpha": 3e-5, "eps_adam": 1e-5, "grad_clip": 100.0, "wd_adam": 0.0,

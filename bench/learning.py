@@ -69,6 +69,10 @@ TASKS: dict[str, Task] = {
                                          ("environment=gymnasium_env", "jax_env=false",
                                           "env_config.env_name=CartPole-v1", "binary_state=false"),
                                          steps=10_000, seeds=4, threshold=150.0, window=10),
+    # gymnax Pendulum-v1: continuous actions in [-2, 2]; a return is minus the 200 steps' swing-up costs
+    "pendulum-dreamerv3": Task("configs/dreamerv3_small.json",
+                               ("env_config.env_name=Pendulum-v1", "binary_state=false"),
+                               steps=10_000, seeds=4, threshold=-400.0, window=10),
     "breakout-minatar-dreamerv3": Task("configs/dreamerv3_small.json", ("env_config.env_name=Breakout-MinAtar",),
                                        steps=30_000, seeds=4, threshold=2.0, window=50, above_random=True),
     # brax: a return is the steps the pole stays up, at most 1,000 (the time limit)
