@@ -372,7 +372,12 @@ def twohot(x, bins):
     elementwise, without a search for the bins."""
     bins = np.asarray(bins)
     position = jnp.clip((x - bins[0]) / (bins[1] - bins[0]), 0, bins.shape[0] - 1)  # [...] in units of bins
-    return jax.nn.relu(1.0 - jnp.abs(position[..., None] - np.arange(bins.shape[0], dtype=np.float32)))
+    return twohot_at(position, bins.shape[0])
+
+
+def twohot_at(position, num_bins: int):
+    """The two-hot encoding [..., K] of a fractional bin index [...] in [0, K - 1]."""
+    return jax.nn.relu(1.0 - jnp.abs(position[..., None] - np.arange(num_bins, dtype=np.float32)))
 
 
 class TwoHotSymlog(NamedTuple):
@@ -423,7 +428,7 @@ class TwoHotSymexp(NamedTuple):
         """[...] for targets x [...]."""
         bins = symexp_bins(self.logits.shape[-1])
         position = jnp.interp(x, bins, np.arange(bins.shape[0], dtype=np.float32))  # [...] in units of bins
-        target = jax.nn.relu(1.0 - jnp.abs(position[..., None] - np.arange(bins.shape[0], dtype=np.float32)))
+        target = twohot_at(position, bins.shape[0])
         return jnp.sum(target * jax.nn.log_softmax(self.logits, -1), -1)
 
     def mode(self):
