@@ -421,8 +421,8 @@ class TwoHotSymexp(NamedTuple):
         probabilities (zero logits) predict exactly 0."""
         bins = symexp_bins(self.logits.shape[-1])
         probs = jax.nn.softmax(self.logits, -1)
-        upper = np.arange((bins.shape[0] + 1) // 2, bins.shape[0])  # the bins above 0; -b_i is bin K-1-i
-        return (probs[..., upper] - probs[..., bins.shape[0] - 1 - upper]) @ bins[upper]
+        half = bins.shape[0] // 2  # bins above 0: the last `half`; bin K-1-i holds -b_i
+        return (probs[..., -half:] - probs[..., :half][..., ::-1]) @ bins[-half:]
 
     def log_prob(self, x):
         """[...] for targets x [...]."""
