@@ -75,7 +75,8 @@ class Config:
         "auto", "the actor's gradient: reinforce (log-probability times advantage), dynamics (the lambda-returns "
         "backpropagated through the imagined actions and the learned model, whose parameters it does not "
         "update; discrete actions as straight-through one-hot samples), or mix (actor_grad_mix of dynamics, the "
-        "rest reinforce); auto: dynamics for truncated_normal continuous actions (DreamerV2), else reinforce",
+        "rest reinforce); auto: dynamics for continuous actions (DreamerV2, and DreamerV3 as published in 2023), "
+        "reinforce for discrete ones (both)",
         choices=("auto", "reinforce", "dynamics", "mix"))
     actor_grad_mix: float = _opt(0.1, "weight of the dynamics gradient where actor_gradient is mix", ge=0, le=1)
     return_normalization: bool = _opt(
@@ -219,6 +220,7 @@ DREAMERV3 = {
     "return_normalization": True, "return_scale_decay": 0.99,  # advantages / max(1, S)
     "free_nats": 1.0, "KL_prior_weight": 0.5, "KL_posterior_weight": 0.1, "posterior_entropy_weight": 0.0,
     "latent_unimix": 0.01, "actor_unimix": 0.01,
+    "continuous_actor": "bounded_normal",  # with actor_gradient auto: the dynamics gradient, as in 2023
     "slow_critic_rate": 0.02, "slow_critic_weight": 1.0, "return_critic": "online",
     "maximize_nonterminal": False,  # replayed sequences drawn uniformly, not shifted onto episode ends
     "discount": 0.997, "lmbda": 0.95, "rollout_length": 15, "beta": 3e-4,

@@ -336,12 +336,12 @@ def action_distribution(config: Config, out, continuous: bool, unimix=None):
 
 
 def actor_gradient(config: Config, continuous: bool) -> str:
-    """The actor's gradient estimator: the config's `actor_gradient`, with "auto" resolved to what the
-    algorithm uses (REINFORCE for discrete actions and DreamerV3's bounded normal, backpropagation through the
-    dynamics for DreamerV2's truncated normal)."""
+    """The actor's gradient estimator: the config's `actor_gradient`, with "auto" resolved to what DreamerV2 and
+    the 2023 DreamerV3 use: REINFORCE for discrete actions, backpropagation through the dynamics for continuous
+    ones (either policy). DreamerV3's later release uses REINFORCE for both: `actor_gradient` reinforce."""
     if config.actor_gradient != "auto":
         return config.actor_gradient
-    return "dynamics" if continuous and config.continuous_actor == "truncated_normal" else "reinforce"
+    return "dynamics" if continuous else "reinforce"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -123,10 +123,12 @@ def test_bounded_normal_matches_a_plain_normal_and_clips_samples():
     assert BoundedNormal.from_params(jnp.array([0.0, 100.0])).std[0] == pytest.approx(1.0)
 
 
-def test_auto_gradient_is_dreamer_v2_dynamics_for_truncated_normal_else_reinforce(pendulum_config):
+def test_auto_gradient_is_dynamics_for_continuous_actions_and_reinforce_for_discrete(pendulum_config):
+    # DreamerV2 and the 2023 DreamerV3 alike, whichever the continuous policy
+    for actor in ("truncated_normal", "bounded_normal"):
+        c = dataclasses.replace(pendulum_config, continuous_actor=actor)
+        assert actor_gradient(c, continuous=True) == "dynamics" and actor_gradient(c, continuous=False) == "reinforce"
     c = pendulum_config
-    assert actor_gradient(c, continuous=True) == "dynamics" and actor_gradient(c, continuous=False) == "reinforce"
-    assert actor_gradient(dataclasses.replace(c, continuous_actor="bounded_normal"), True) == "reinforce"
     assert actor_gradient(dataclasses.replace(c, actor_gradient="mix"), False) == "mix"
 
 

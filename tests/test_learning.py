@@ -44,14 +44,14 @@ def test_dreamerv3_small_preset_learns_catch():
 
 
 def test_dreamerv3_small_preset_learns_pendulum():
-    # The same preset with only the environment changed: gymnax Pendulum-v1, continuous actions (the truncated
-    # normal with the dynamics gradient) and real-valued observations (binary_state false, which describes the
-    # environment). Random play scores about -1,200. Seed 1 alone here: seeds 1-3 of 4 are above -400 by
-    # 4,000-5,000 env steps and at -130 to -159 over their last 10 episodes at 8,000; seed 0 is still at -876
-    # (docs/continuous_actions.md), so the issue's every-seed target is not met yet.
+    # The same preset with only the environment changed: gymnax Pendulum-v1, continuous actions (DreamerV3's
+    # bounded normal with the dynamics gradient) and real-valued observations (binary_state false, which
+    # describes the environment). Random play scores about -1,200. Seed 0, the seed that the truncated normal
+    # left at -876: each of 4 seeds is at -146 to -238 per 1,000-step block by 4,000-5,000 env steps
+    # (docs/continuous_actions.md).
     config = load_config("configs/dreamerv3_small.json", ["env_config.env_name=Pendulum-v1", "binary_state=false",
-                                                          "num_seeds=1", "num_steps=6000"])
-    result = run(config, environment_from_config(config), seed=1, output=None, progress=False, diagnostics=False)
-    returns = np.asarray(result["returns"][0], float)  # 30 episodes of 200 steps
+                                                          "num_seeds=1", "num_steps=5000"])
+    result = run(config, environment_from_config(config), seed=0, output=None, progress=False, diagnostics=False)
+    returns = np.asarray(result["returns"][0], float)  # 25 episodes of 200 steps
     assert np.mean(returns[:5]) < -900  # the first 1,000 steps are random play
     assert np.mean(returns[-10:]) >= -400, np.mean(returns[-10:])
