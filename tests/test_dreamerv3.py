@@ -185,9 +185,9 @@ def test_the_slow_critic_follows_the_critic_by_an_ema_at_every_update():
 
 def test_presets_switch_on_every_dreamerv3_change_with_the_papers_values():
     # The small preset trains for 10,000-12,000 env steps on a CPU, not millions: it keeps larger learning rates
-    # (the paper's do not learn Catch in that budget) and no uniform mix in its 16 latents of 8 classes (with
-    # it, imagined CartPole episodes fall within the horizon where real ones do not: docs/dreamerv3.md), and
-    # every other DreamerV3 value.
+    # (the paper's do not learn Catch in that budget) and no uniform mix in its 16 latents of 8 classes (single
+    # runs on Pendulum and CartPole did better without it, weak evidence: docs/dreamerv3.md), and every other
+    # DreamerV3 value.
     cpu_budget = {"model_alpha", "pi_alpha", "V_alpha"}
     small_latents = {"latent_unimix": 0.0}
     for name in ("dreamerv3.json", "dreamerv3_small.json"):
