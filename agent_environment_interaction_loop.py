@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from config import Config
+from agent.distributions import latents
+from experiment.config import Config
 from initialization import Agent, RunState
-from distributions import latents
 from replay_buffer import add
 
 
@@ -267,8 +267,8 @@ def make_block_function(config: Config, agent: Agent, envs, num_steps: int,
                         drivers: Drivers = JAX_DRIVERS) -> Callable:
     """Returns block(state) -> (state, BlockMetrics) running `num_steps` env steps for all seeds.
 
-    `envs` is the seeds' environments with a leading seed axis (environments.VmappedEnvironments under the
-    JAX drivers, environments.PythonEnvironments under the Python drivers). The per-seed pieces are vmapped;
+    `envs` is the seeds' environments with a leading seed axis (envs.batched.VmappedEnvironments under the
+    JAX drivers, envs.batched.PythonEnvironments under the Python drivers). The per-seed pieces are vmapped;
     the decisions to train and to refresh the target critic are taken on the shared step counter (seed 0's,
     identical for all seeds), an unbatched scalar, so `cond` stays a real branch and no training work runs
     before `training_start_time`.

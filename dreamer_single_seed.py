@@ -4,8 +4,8 @@ Usage: python3 dreamer_single_seed.py -c config.json [-s SEED] [-o OUTPUT] [--se
 
 import sys
 
-import cli
-import huge_pages
+from experiment import cli
+from runtime import huge_pages
 
 if __name__ == "__main__":
     huge_pages.reexec_with_huge_pages()  # before jax is imported

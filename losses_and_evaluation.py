@@ -6,9 +6,17 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from config import Config
-from distributions import (Bernoulli, action_distribution, actor_gradient, latents, observation_distribution,
-                           reward_distribution, takes_part, value_distribution)
+from agent.distributions import (
+    Bernoulli,
+    action_distribution,
+    actor_gradient,
+    latents,
+    observation_distribution,
+    reward_distribution,
+    takes_part,
+    value_distribution,
+)
+from experiment.config import Config
 from networks import WorldModel
 
 

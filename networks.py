@@ -1,6 +1,6 @@
 """Haiku networks of the DreamerV2 agent: encoder and decoder, the RSSM (GRU transition, prior and posterior over
 the latent variables), reward and termination heads, actor and critic. The latent variables' distributions
-are in distributions.py, the CPU forms of a few operations in kernels.py."""
+are in agent/distributions.py, the CPU forms of a few operations in agent/kernels.py."""
 
 from typing import Callable, NamedTuple
 
@@ -9,10 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import kernels
-from config import Config
-from distributions import latents, reward_head_size, symlog, value_head_size
-
+from agent import kernels
+from agent.distributions import latents, reward_head_size, symlog, value_head_size
+from experiment.config import Config
 
 ACTIVATIONS: dict[str, Callable] = {
     "elu": kernels.elu,

@@ -7,7 +7,7 @@ object: each checkout's best and median time over the rounds, their ratios and t
 On a shared 2-core machine the same update measured in fresh processes minutes apart varies by 5-35%, more than
 most changes gain. Here both programs are compiled first (the baseline's from its own modules, then this
 checkout's), and each round times one call of each, the order swapped every round, so both run under the same
-conditions. The config file and `--set` overrides are read by each checkout's own `config.py`, so they must be
+conditions. The config file and `--set` overrides are read by each checkout's own config module, so they must be
 valid for both. Progress goes to stderr.
 """
 
@@ -22,14 +22,15 @@ import time
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, HERE)
 
-import cli  # noqa: E402
-import huge_pages  # noqa: E402
-from config import ConfigError  # noqa: E402  (this checkout's: what cli.exit_code_of answers)
+from experiment import cli  # noqa: E402
+from experiment.config import ConfigError  # noqa: E402  (this checkout's: what cli.exit_code_of answers)
+from runtime import huge_pages  # noqa: E402
 
 if __name__ == "__main__":
     huge_pages.reexec_with_huge_pages()  # before jax is imported; DREAMER_NO_HUGE_PAGES=1 to measure without
 
 import jax  # noqa: E402
+
 
 # The project's modules, imported afresh from each checkout (its bench_update for `filled_replay`).
 def drop_project_modules(checkouts) -> None:
@@ -57,10 +58,11 @@ def compiled_update(checkout: str, config_path: str, overrides: list[str]):
     saved_path = list(sys.path)
     sys.path[:0] = [checkout, os.path.join(checkout, "bench")]
     try:
-        from agent_environment_interaction_loop import compiler_options
         from bench_update import filled_replay
-        from config import load_config
+
+        from agent_environment_interaction_loop import compiler_options
         from environments import environment_from_config
+        from experiment.config import load_config
         from initialization import make_agent
         try:
             c = load_config(config_path, overrides)
@@ -96,8 +98,9 @@ def main(argv=None):
                      f"got {args.baseline}")
     config_path = os.path.abspath(args.config)
     from bench_loop import machine_info  # this checkout's, before the checkouts' modules come and go
-    from config import load_config
+
     from environments import environment_from_config
+    from experiment.config import load_config
     environment_from_config(load_config(config_path, args.set))  # a mistake is answered before anything runs
 
     machine = machine_info()

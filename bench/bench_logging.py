@@ -28,8 +28,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import cli  # noqa: E402
-import huge_pages  # noqa: E402
+from experiment import cli  # noqa: E402
+from runtime import huge_pages  # noqa: E402
 
 if __name__ == "__main__":
     huge_pages.reexec_with_huge_pages()  # before jax is imported; DREAMER_NO_HUGE_PAGES=1 to measure without
@@ -37,15 +37,16 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-
-from config import config_to_dict, load_config  # noqa: E402
-from environments import environment_from_config  # noqa: E402
-from evaluation import RunObserver  # noqa: E402
-from experiment import block_records, diagnostic_keys, jit_diagnose, runs_of  # noqa: E402
-from tensorboard_writer import TensorBoardSink  # noqa: E402
-from tracking import Tracker  # noqa: E402
-
 from bench_loop import compiled_block, machine_info  # noqa: E402  (this folder)
+
+from agent.evaluation import DREAM_CONTEXT, RunObserver  # noqa: E402
+from environments import environment_from_config  # noqa: E402
+from experiment.config import config_to_dict, load_config  # noqa: E402
+from experiment.runner import block_records, diagnostic_keys, jit_diagnose, runs_of  # noqa: E402
+from outputs.sinks import Block  # noqa: E402
+from outputs.tensorboard_events import TensorBoardSink  # noqa: E402
+from outputs.videos import VideoFiles  # noqa: E402
+from outputs.wandb_runs import Tracker  # noqa: E402
 
 
 def main(argv=None):
@@ -83,6 +84,8 @@ def main(argv=None):
         env = environment_from_config(config)
         observer = RunObserver(config, env, agent, runs_of(config, 0), os.path.join(folder, "videos"))
         tensorboard = TensorBoardSink(os.path.join(folder, "tensorboard"), runs_of(config, 0).seeds)
+        videos = VideoFiles(os.path.join(folder, "videos"), runs_of(config, 0).seeds, runs_of(config, 0).variants,
+                            env.spec, config.binary_state, DREAM_CONTEXT)
         start = time.perf_counter()  # compiled at first use, as in a run
         observer.evaluate(state, 0)
         observer.record(state, 0)
@@ -115,11 +118,13 @@ def main(argv=None):
             episodes = observer.evaluate(state, steps_now)
             times["evaluation"].append(time.perf_counter() - start)
             start = time.perf_counter()
-            tensorboard.log_block(records)
+            tensorboard.write(Block(steps_now, records, [[] for _ in records], None, [{} for _ in records]))
             times["tensorboard"].append(time.perf_counter() - start)
             start = time.perf_counter()
-            media = observer.videos(state, steps_now)
-            tensorboard.log_media(steps_now, media)
+            block = Block(steps_now, records, [[] for _ in records], observer.recordings(state, steps_now),
+                          [{} for _ in records])
+            videos.write(block)
+            tensorboard.write(block._replace(records=[]))
             times["video"].append(time.perf_counter() - start)
     tracker.finish()
 

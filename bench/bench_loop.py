@@ -12,7 +12,7 @@ With `--sweep` (repeatable, as the run scripts take it), a sweep of those varian
 each is measured after the plain seed counts: with as many runs as a plain entry, its time per env step
 should match that entry's.
 
-The runs are sharded over the devices this process sees (devices.py), or over the first N of them for each N of
+The runs are sharded over the devices this process sees (runtime/devices.py), or over the first N of them for each N of
 `--devices` (every seed count is then measured on every device count it divides); with `--seeds_per_device`
 the seed counts are per device, to measure the scaling from 1 to all devices at a fixed number of seeds per
 device. Each entry reports its devices and its run-steps per second per device. On forced CPU devices
@@ -33,8 +33,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import cli  # noqa: E402
-import huge_pages  # noqa: E402
+from experiment import cli  # noqa: E402
+from runtime import huge_pages  # noqa: E402
 
 if __name__ == "__main__":
     huge_pages.reexec_with_huge_pages()  # before jax is imported; DREAMER_NO_HUGE_PAGES=1 to measure without
@@ -42,13 +42,17 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-import devices  # noqa: E402
 from agent_environment_interaction_loop import (  # noqa: E402
-    device_memory_stats, make_block_function, update_seed_batch, update_seed_bytes)
-from config import ConfigError, load_config, sweep_variants, variant_name, with_sweep  # noqa: E402
+    device_memory_stats,
+    make_block_function,
+    update_seed_batch,
+    update_seed_bytes,
+)
 from environments import environment_from_config, seed_environments  # noqa: E402
-from experiment import initial_state  # noqa: E402
+from experiment.config import ConfigError, load_config, sweep_variants, variant_name, with_sweep  # noqa: E402
+from experiment.runner import initial_state  # noqa: E402
 from initialization import make_agent  # noqa: E402
+from runtime import devices  # noqa: E402
 
 
 def machine_info() -> dict:

@@ -16,19 +16,19 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import cli  # noqa: E402
-import huge_pages  # noqa: E402
+from experiment import cli  # noqa: E402
+from runtime import huge_pages  # noqa: E402
 
 if __name__ == "__main__":
     huge_pages.reexec_with_huge_pages()  # before jax is imported; DREAMER_NO_HUGE_PAGES=1 to measure without
 
 import jax.numpy as jnp  # noqa: E402
-
 from bench_loop import machine_info, time_block  # noqa: E402  (this folder is on sys.path when run as a script)
+
 from agent_environment_interaction_loop import JAX_DRIVERS, PYTHON_DRIVERS, jit_block, make_block_function  # noqa: E402
-from config import load_config  # noqa: E402
 from environments import environment_from_config, seed_environments  # noqa: E402
-from experiment import initial_state  # noqa: E402
+from experiment.config import load_config  # noqa: E402
+from experiment.runner import initial_state  # noqa: E402
 from initialization import make_agent  # noqa: E402
 
 

@@ -19,21 +19,25 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import cli  # noqa: E402
-import huge_pages  # noqa: E402
+from experiment import cli  # noqa: E402
+from runtime import huge_pages  # noqa: E402
 
 if __name__ == "__main__":
     huge_pages.reexec_with_huge_pages()  # before jax is imported; DREAMER_NO_HUGE_PAGES=1 to measure without
 
 import jax  # noqa: E402
-
-from agent_environment_interaction_loop import (  # noqa: E402
-    compiler_options, seed_batched_update, update_seed_batch, update_seed_bytes)
 from bench_loop import machine_info  # noqa: E402  (this folder is on sys.path when run as a script)
 from bench_update import filled_replay  # noqa: E402
-from config import load_config  # noqa: E402
+
+from agent_environment_interaction_loop import (  # noqa: E402
+    compiler_options,
+    seed_batched_update,
+    update_seed_batch,
+    update_seed_bytes,
+)
 from environments import environment_from_config, seed_environments  # noqa: E402
-from experiment import initial_state  # noqa: E402
+from experiment.config import load_config  # noqa: E402
+from experiment.runner import initial_state  # noqa: E402
 from initialization import make_agent  # noqa: E402
 
 FORMS = {"default": None, "scan": False, "in_place": True}

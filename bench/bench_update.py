@@ -17,8 +17,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import cli  # noqa: E402
-import huge_pages  # noqa: E402
+from experiment import cli  # noqa: E402
+from runtime import huge_pages  # noqa: E402
 
 if __name__ == "__main__":
     huge_pages.reexec_with_huge_pages()  # before jax is imported; DREAMER_NO_HUGE_PAGES=1 to measure without
@@ -27,14 +27,14 @@ import jax  # noqa: E402
 import jax.extend  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-
-from agent_environment_interaction_loop import compiler_options  # noqa: E402
 from bench_loop import machine_info  # noqa: E402  (this folder is on sys.path when run as a script)
-from config import load_config  # noqa: E402
+
+from agent.distributions import latents  # noqa: E402
+from agent_environment_interaction_loop import compiler_options  # noqa: E402
 from environments import environment_from_config  # noqa: E402
+from experiment.config import load_config  # noqa: E402
 from initialization import make_agent  # noqa: E402
 from losses_and_evaluation import actor_critic_losses, imagine, world_model_loss  # noqa: E402
-from distributions import latents  # noqa: E402
 from networks import make_actor_critic, make_world_model  # noqa: E402
 from replay_buffer import add, sample_sequences, unpack_frames  # noqa: E402
 

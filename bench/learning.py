@@ -1,6 +1,6 @@
 """The learning benchmark: small tasks, each learned by N seeds and compared with a random policy.
 
-Each task trains its seeds vmapped in one program (`experiment.run`); a uniformly random policy is measured on
+Each task trains its seeds vmapped in one program (`experiment.runner.run`); a uniformly random policy is measured on
 the same environment.
 
     python3 bench/learning.py --list                                   # the tasks, their configs and thresholds
@@ -12,7 +12,7 @@ episodes), their mean, their interquartile mean (IQM) with a 95% percentile boot
 fraction of seeds whose final return reaches the task's threshold, env steps and wall time. stdout holds one
 JSON object (as every bench script's); the same object goes to OUT/results.json, and a Markdown table of it to
 OUT/results.md and stderr, followed by the plot_metric.py commands that draw each task's learning curve from
-its JSON-lines records, OUT/<task>.jsonl (experiment.run's output, the run scripts' `-o` format).
+its JSON-lines records, OUT/<task>.jsonl (experiment.runner.run's output, the run scripts' `-o` format).
 """
 
 import argparse
@@ -30,10 +30,10 @@ from scipy.stats import trim_mean
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import cli  # noqa: E402
-import huge_pages  # noqa: E402
-from config import Config, ConfigError, load_config  # noqa: E402
-from plot_metric import bootstrap_ci  # noqa: E402
+from experiment import cli  # noqa: E402
+from experiment.config import Config, ConfigError, load_config  # noqa: E402
+from outputs.plot_metric import bootstrap_ci  # noqa: E402
+from runtime import huge_pages  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,9 +202,9 @@ def random_policy_return(env, num_envs: int = RANDOM_POLICY_ENVS, steps: int = R
     environments (episodes still running at the end are not counted), with its standard error."""
     import jax
     import jax.numpy as jnp
+
     from agent_environment_interaction_loop import python_scan
     from environments import seed_environments
-
     is_python = getattr(env, "is_python", False)
     envs = seed_environments(env, range(num_envs), jax_env=not is_python)
     num_actions = env.spec.num_actions
@@ -250,7 +250,7 @@ def random_policy_return(env, num_envs: int = RANDOM_POLICY_ENVS, steps: int = R
 def run_task(name: str, task: Task, config: Config, env, random_policy: dict, out_dir: str, progress: bool,
              diagnostics: bool) -> dict:
     """Trains the task's seeds (records to OUT/<name>.jsonl) and summarises them against the random policy."""
-    from experiment import run
+    from experiment.runner import run
 
     output = os.path.join(out_dir, f"{name}.jsonl")
     print(f"{name}: {config.num_seeds} seeds of {config.env_config.env_name}, {config.num_steps} env steps each, "
@@ -312,7 +312,7 @@ def _shown_path(path: str) -> str:
 def plot_commands(results: Sequence[dict], out_dir: str) -> list[str]:
     """One plot_metric.py command per task (their return scales differ too much to share an axis), with paths
     as seen from the current folder."""
-    script = _shown_path(os.path.join(ROOT, "plot_metric.py"))
+    script = _shown_path(os.path.join(ROOT, "outputs", "plot_metric.py"))
     commands = []
     for r in results:
         title = (f"{r['task']}: episode return (random policy {_number(r['random_policy']['return'])}, "
@@ -375,7 +375,7 @@ def main(argv=None):
     from bench_loop import machine_info  # noqa: E402  (imports JAX; this folder is on sys.path)
 
     envs = checked_environments(configs)
-    from experiment import NUMERICAL_FAULT_EXIT_CODE, NumericalFault
+    from experiment.runner import NUMERICAL_FAULT_EXIT_CODE, NumericalFault
     os.makedirs(out_dir, exist_ok=True)
     randoms, results = {}, []
     for name, config in configs.items():

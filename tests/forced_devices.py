@@ -13,14 +13,16 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-
-import checkpoint  # noqa: E402
-import devices  # noqa: E402
-import experiment  # noqa: E402
-from config import ConfigError, config_to_dict, load_config  # noqa: E402
-from environments import environment_from_config, seed_environments  # noqa: E402
-from initialization import make_agent  # noqa: E402
 from output_records import records_without_timing  # noqa: E402  (this folder: the script's own)
+
+from environments import environment_from_config, seed_environments  # noqa: E402
+from experiment import runner  # noqa: E402
+from experiment.config import ConfigError, config_to_dict, load_config  # noqa: E402
+from initialization import make_agent  # noqa: E402
+from runtime import (
+    checkpoint,  # noqa: E402
+    devices,  # noqa: E402
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = ["num_seeds=4", "update_seed_batch=1"]  # one seed's update at a time: the same arithmetic everywhere
@@ -33,15 +35,15 @@ def main(result_path, folder):
 
     def run(name, num_devices, cfg=config, file=None, **kwargs):
         output = os.path.join(folder, f"{file or name}.out")
-        experiment.run(cfg, env, 0, output, progress=False, placement=devices.Placement(jax.devices()[:num_devices]),
-                       **kwargs)
+        runner.run(cfg, env, 0, output, progress=False, placement=devices.Placement(jax.devices()[:num_devices]),
+                   **kwargs)
         result[name] = records_without_timing(output)
 
     run("one_device", 1)
     first_part = load_config(os.path.join(ROOT, "configs", "debug.json"), SEEDS + ["num_steps=150"])
     saved = os.path.join(folder, "sharded.ckpt")
     run("first_part", 4, first_part, save_checkpoint=saved)
-    expected = experiment.state_shapes(config, make_agent(config, env), seed_environments(env, range(4), True))
+    expected = runner.state_shapes(config, make_agent(config, env), seed_environments(env, range(4), True))
     resume = checkpoint.prepare_resume(saved, config_to_dict(config), expected, None, config.num_steps,
                                        os.path.join(folder, "first_part.out"))
     run("four_then_two_devices", 2, file="first_part", resume=resume)  # continues the first part's file

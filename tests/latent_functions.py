@@ -1,7 +1,7 @@
 """The latent distributions' pieces as functions of the config and raw network parameters, as the loss tests
 use them (distributions.latents(config) gives the objects they wrap)."""
 
-from distributions import latents
+from agent.distributions import latents
 
 
 def latent_param_size(config):

@@ -17,7 +17,8 @@ import bench_loop  # noqa: E402
 import bench_seed_update  # noqa: E402
 import bench_update  # noqa: E402
 import learning  # noqa: E402
-import plot_metric  # noqa: E402
+
+from outputs import plot_metric  # noqa: E402
 
 
 def _printed_json(capsys):
@@ -102,7 +103,8 @@ def test_bench_script_refuses_a_config_mistake_in_one_sentence(script):
                            "--set", "bogus=1"], cwd=root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stdout == ""  # no JSON, no partial report
-    assert done.stderr.startswith("error: unknown config key 'bogus'; valid keys are ") and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: unknown config key 'bogus'; valid keys are ")
+    assert "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1
 
 
@@ -133,7 +135,7 @@ def test_learning_benchmark_reports_each_task_against_random_play(capsys, tmp_pa
         assert any("only 2 seeds" in note for note in task["notes"])
         assert task["success_fraction"] == task["successes"] / 2
         assert task["wall_s"] > 0
-        with open(task["output"]) as file:  # experiment.run's records: one per seed per block
+        with open(task["output"]) as file:  # experiment.runner.run's records: one per seed per block
             records = [json.loads(line) for line in file]
         assert [(r["seed"], r["env_steps"]) for r in records[-2:]] == [(0, 600), (1, 600)]
     # the Markdown table (stderr and results.md) has a row per task, then the plot commands, which run as printed

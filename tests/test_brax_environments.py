@@ -1,4 +1,4 @@
-"""The brax adapter (brax_environments.BraxEnvironment): spec, shapes and dtypes, auto-reset into fresh random
+"""The brax adapter (envs.brax_envs.BraxEnvironment): spec, shapes and dtypes, auto-reset into fresh random
 episodes, the time limit as truncation, seeds, the loop's seed i = single-seed run, and the one-sentence errors
 (brax not installed, an unknown name, env_config keys). Skipped where brax is not installed, except the tests
 that need no brax."""
@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import checkpoint
-from config import ConfigError, load_config
 from environments import make_environment
-from experiment import run
+from experiment.config import ConfigError, load_config
+from experiment.runner import run
+from runtime import checkpoint
 
 EPISODE_LENGTH = 10  # short enough that the pole, left alone, is still up at the time limit
 STEPS = 3 * EPISODE_LENGTH

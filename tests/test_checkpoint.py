@@ -16,13 +16,12 @@ import jax
 import numpy as np
 import pytest
 
-import checkpoint
-import cli
-import experiment
 from agent_environment_interaction_loop import jit_block, make_block_function
-from config import load_config
 from environments import environment_from_config, seed_environments
+from experiment import cli, runner
+from experiment.config import load_config
 from initialization import make_agent
+from runtime import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEBUG = os.path.join(ROOT, "configs", "debug.json")
@@ -255,11 +254,11 @@ def test_resume_refuses_an_output_file_that_is_not_the_runs(reference, tmp_path,
 
 
 def test_block_schedule_matches_an_uninterrupted_run():
-    assert experiment.block_schedule(0, 200, 50) == [50, 50, 50, 50]
-    assert experiment.block_schedule(100, 200, 50) == [50, 50]
-    assert experiment.block_schedule(0, 120, 50) == [50, 50, 20]
-    assert experiment.block_schedule(120, 200, 50) == [30, 50]
-    assert experiment.block_schedule(200, 200, 50) == []
+    assert runner.block_schedule(0, 200, 50) == [50, 50, 50, 50]
+    assert runner.block_schedule(100, 200, 50) == [50, 50]
+    assert runner.block_schedule(0, 120, 50) == [50, 50, 20]
+    assert runner.block_schedule(120, 200, 50) == [30, 50]
+    assert runner.block_schedule(200, 200, 50) == []
 
 
 def test_a_resumed_run_compiles_the_fresh_runs_program(tmp_path):
@@ -270,11 +269,11 @@ def test_a_resumed_run_compiles_the_fresh_runs_program(tmp_path):
     env = environment_from_config(config)
     agent = make_agent(config, env)
     envs = seed_environments(env, range(1), jax_env=True)
-    fresh = experiment.initial_state(config, agent, envs, seed=0)
+    fresh = runner.initial_state(config, agent, envs, seed=0)
     assert not [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(fresh) if x.weak_type]
     path = str(tmp_path / "run.ckpt")
     checkpoint.save(path, fresh, {})
-    loaded, _ = checkpoint.load(path, experiment.state_shapes(config, agent, envs))
+    loaded, _ = checkpoint.load(path, runner.state_shapes(config, agent, envs))
     block = jit_block(make_block_function(config, agent, envs, 10))
     assert block.lower(loaded).as_text() == block.lower(fresh).as_text()
 

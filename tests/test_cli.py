@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-import cli
+from experiment import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +48,7 @@ def test_user_mistakes_exit_2_with_one_sentence(tmp_path, entries, overrides, ex
 
 
 def test_config_mistakes_are_reported_before_jax_is_imported(tmp_path):
-    # The scripts check the command line and config first (cli.py): a typo costs no JAX import (seconds).
+    # The scripts check the command line and config first (experiment/cli.py): a typo costs no JAX import (seconds).
     config = write_config(tmp_path, num_step=10)
     for script in ("dreamer_multiseed", "dreamer_single_seed"):
         code = f"import sys, {script}; print({script}.main(['-c', sys.argv[1]]), 'jax' in sys.modules)"

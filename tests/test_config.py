@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from config import Config, ConfigError, EnvConfig, config_help, config_to_dict, load_config
+from experiment.config import Config, ConfigError, EnvConfig, config_help, config_to_dict, load_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -28,7 +28,8 @@ REFERENCE = {
 OWN_DEFAULTS = {"update_seed_batch": 0, "return_normalization": False, "return_scale_decay": 0.99, "actor_unimix": 0.0,
                 "sweep": {}, "model_eps_adam": 0.0, "model_grad_clip": 0.0, "layer_norm": False,
                 "symlog_inputs": False, "symlog_observations": False, "twohot_reward": False, "twohot_critic": False,
-                "twohot_bins": 255, "twohot_space": "symlog", "zero_init_heads": False, "free_nats": 0.0, "latent_unimix": 0.0,
+                "twohot_bins": 255, "twohot_space": "symlog", "zero_init_heads": False, "free_nats": 0.0,
+                "latent_unimix": 0.0,
                 "slow_critic_rate": 0.0, "slow_critic_weight": 0.0, "return_critic": "target",
                 "eval_every": 0, "eval_episodes": 5, "eval_policy": "mode", "eval_max_steps": 10_000,
                 "video_every": 10_000, "video_max_frames": 500, "continuous_actor": "truncated_normal",

@@ -12,15 +12,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import checkpoint
-from config import ConfigError, load_config
-from distributions import BoundedNormal, TruncatedNormal, actor_gradient
-from environments import EnvSpec, check_action_space, make_environment, to_bounds
-from experiment import run
+from agent.distributions import BoundedNormal, TruncatedNormal, actor_gradient
+from environments import make_environment
+from envs.protocol import EnvSpec, check_action_space, to_bounds
+from experiment.config import ConfigError, load_config
+from experiment.runner import run
 from initialization import make_agent
 from losses_and_evaluation import actor_critic_losses, imagine
 from networks import make_actor_critic, make_world_model
 from replay_buffer import add
+from runtime import checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ import pytest
 
 pytest.importorskip("craftax")
 
-import checkpoint  # noqa: E402
-from config import ConfigError, load_config  # noqa: E402
-from craftax_environments import CRAFTAX_IDS, CraftaxEnvironment  # noqa: E402
 from environments import make_environment  # noqa: E402
-from experiment import run  # noqa: E402
+from envs.craftax_envs import CRAFTAX_IDS, CraftaxEnvironment  # noqa: E402
+from experiment.config import ConfigError, load_config  # noqa: E402
+from experiment.runner import run  # noqa: E402
+from runtime import checkpoint  # noqa: E402
 
 SYMBOLIC, PIXELS = "Craftax-Classic-Symbolic-v1", "Craftax-Classic-Pixels-v1"
 MAX_TIMESTEPS = 12  # a short time limit, so that episodes end within a few steps

@@ -14,10 +14,10 @@ import sys
 
 import numpy as np
 import pytest
-
-import devices
-from config import ConfigError
 from output_records import records_without_timing
+
+from experiment.config import ConfigError
+from runtime import devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import cli
-from config import Config
+from experiment import cli
+from experiment.config import Config
 from losses_and_evaluation import model_diagnostics, through_first_episode_end
 from networks import WorldModel
 from replay_buffer import SequenceBatch

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from config import Config
-from distributions import Categorical, DiagonalNormal, OneHotCategorical, latents
+from agent.distributions import Categorical, DiagonalNormal, OneHotCategorical, latents
+from experiment.config import Config
 
 
 def np_log_softmax(x):

@@ -10,9 +10,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from config import DREAMERV3, Config, load_config
-from distributions import (Categorical, OneHotCategorical, SymlogSquared, TwoHotSymexp, TwoHotSymlog, latents,
-                           symexp, symexp_bins, symlog, twohot, twohot_bins)
+from agent.distributions import (
+    Categorical,
+    OneHotCategorical,
+    SymlogSquared,
+    TwoHotSymexp,
+    TwoHotSymlog,
+    latents,
+    symexp,
+    symexp_bins,
+    symlog,
+    twohot,
+    twohot_bins,
+)
+from experiment.config import DREAMERV3, Config, load_config
 from losses_and_evaluation import free_bits, kl_balance_loss
 from networks import NormGRU, make_actor_critic, make_world_model
 
@@ -138,7 +149,7 @@ def test_norm_gru_matches_its_equations():
 
 @pytest.mark.parametrize("twohot_heads", [True, False])
 def test_zero_initialised_heads_predict_zero_at_the_start(twohot_heads):
-    from distributions import reward_distribution, value_distribution
+    from agent.distributions import reward_distribution, value_distribution
     c = dataclasses.replace(load_config(DEBUG), zero_init_heads=True, twohot_reward=twohot_heads,
                             twohot_critic=twohot_heads, layer_norm=True, activation="silu")
     obs_shape = (10, 5)
@@ -154,10 +165,9 @@ def test_zero_initialised_heads_predict_zero_at_the_start(twohot_heads):
 
 
 def test_the_slow_critic_follows_the_critic_by_an_ema_at_every_update():
-    from environments import environment_from_config
-    from experiment import initial_state
+    from environments import environment_from_config, seed_environments
+    from experiment.runner import initial_state
     from initialization import make_agent
-    from environments import seed_environments
     c = dataclasses.replace(load_config(DEBUG), slow_critic_rate=0.02, slow_critic_weight=1.0, twohot_critic=True,
                             return_critic="online", training_start_time=8)
     env = environment_from_config(c)
@@ -228,8 +238,9 @@ def test_the_pendulum_config_is_the_small_preset_on_pendulum():
 def test_a_dreamerv3_run_stopped_and_resumed_is_the_uninterrupted_run(tmp_path):
     # Every DreamerV3 key on the debug config, through the scripts' entry: the slow critic, the return scale and
     # the rest of the state survive a checkpoint, so the resumed run is the same run.
-    import cli
     from test_checkpoint import assert_same_run
+
+    from experiment import cli
     v3 = [item for key, value in DREAMERV3.items() for item in ("--set", f"{key}={str(value).lower()}")]
     common = ["-c", DEBUG, "--wandb", "disabled", "--no_progress", "--set", "binary_state=false", *v3]
     main = lambda *args: cli.script_main([*common, *args], description="test", single_seed=False)

@@ -5,8 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from config import ConfigError
-from environments import EnvSpec, OpenGridEnvironment, make_environment
+from environments import make_environment
+from envs.grid_world import OpenGridEnvironment
+from envs.protocol import EnvSpec
+from experiment.config import ConfigError
 
 UP, RIGHT, DOWN = 0, 1, 2
 

@@ -13,17 +13,30 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from test_diagnostics import CONFIG as KNOWN_MODEL_CONFIG
+from test_diagnostics import known_world_model
 
-import checkpoint
-import cli
-import tensorboard_writer
-from config import ConfigError, config_to_dict, load_config
-from environments import EnvSpec, OpenGridEnvironment
-from evaluation import (DREAM_CONTEXT, Dream, Policy, Recording, agent_policy, crosses, dream, observation_keys,
-                        record_episode, run_episodes)
+from agent.evaluation import (
+    DREAM_CONTEXT,
+    Dream,
+    Policy,
+    Recording,
+    agent_policy,
+    crosses,
+    dream,
+    observation_keys,
+    record_episode,
+    run_episodes,
+)
+from envs.grid_world import OpenGridEnvironment
+from envs.protocol import EnvSpec
+from experiment import cli
+from experiment.config import ConfigError, config_to_dict, load_config
 from initialization import make_agent
-from test_diagnostics import CONFIG as KNOWN_MODEL_CONFIG, known_world_model
-from video import MIN_FRAME_PIXELS, PROGRESS_ROWS, write_run_media
+from outputs import tensorboard_events
+from outputs.sinks import Block
+from outputs.videos import MIN_FRAME_PIXELS, PROGRESS_ROWS, VideoFiles, write_run_media
+from runtime import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEBUG = os.path.join(ROOT, "configs", "debug.json")
@@ -163,67 +176,41 @@ def test_vector_observations_get_a_prediction_plot(tmp_path):
         assert image.format == "PNG"
 
 
-def _protobuf_event_class():
-    """TensorBoard's Event message (the fields written), declared with the protobuf package wandb brings, to
-    parse the files with a reader other than ours."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+def read_events(path: str) -> dict:
+    """{"scalars": {tag: [(step, value)]}, "images": {tag: [(step, width, height, encoded bytes)]}} of an event
+    file, read by TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    proto = descriptor_pb2.FileDescriptorProto(name="test_event.proto", package="test")
-    F = descriptor_pb2.FieldDescriptorProto
-
-    def message(name, *fields):
-        m = proto.message_type.add(name=name)
-        for number, field_name, kind, label, type_name in fields:
-            m.field.add(name=field_name, number=number, type=kind, label=label, type_name=type_name)
-
-    optional, repeated = F.LABEL_OPTIONAL, F.LABEL_REPEATED
-    message("Image", (1, "height", F.TYPE_INT32, optional, None), (2, "width", F.TYPE_INT32, optional, None),
-            (3, "colorspace", F.TYPE_INT32, optional, None), (4, "encoded", F.TYPE_BYTES, optional, None))
-    message("Value", (1, "tag", F.TYPE_STRING, optional, None), (2, "simple_value", F.TYPE_FLOAT, optional, None),
-            (4, "image", F.TYPE_MESSAGE, optional, ".test.Image"))
-    message("Summary", (1, "value", F.TYPE_MESSAGE, repeated, ".test.Value"))
-    message("Event", (1, "wall_time", F.TYPE_DOUBLE, optional, None), (2, "step", F.TYPE_INT64, optional, None),
-            (3, "file_version", F.TYPE_STRING, optional, None), (5, "summary", F.TYPE_MESSAGE, optional, ".test.Summary"))
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("test.Event"))
+    events = EventAccumulator(path, size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    tags = events.Tags()
+    return {"scalars": {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in tags["scalars"]},
+            "images": {tag: [(e.step, e.width, e.height, e.encoded_image_string) for e in events.Images(tag)]
+                       for tag in tags["images"]}}
 
 
-def test_event_files_read_back_with_their_tags_and_checksums(tmp_path):
-    assert tensorboard_writer.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+def test_event_files_read_back_with_their_tags(tmp_path):
     spec = EnvSpec((10, 5), np.dtype(np.float32), 3)
     recording, dreamed = _media(spec, 9)
     media = write_run_media(str(tmp_path / "media"), 100, spec, True, recording, dreamed, DREAM_CONTEXT)
-    sink = tensorboard_writer.TensorBoardSink(str(tmp_path / "tb"), [3, 4])
+    sink = tensorboard_events.TensorBoardSink(str(tmp_path / "tb"), [3, 4])
     records = [{"seed": s, "env_steps": 100, "episode_return": 0.5 * s, "model_loss": None, "eval_returns": [1.0]}
                for s in (3, 4)]
-    sink.log_block(records, [media, {}])
-    sink.log_block([{**r, "env_steps": 150} for r in records])
+    sink.write(Block(100, records, [[], []], None, [media, {}]))
+    sink.write(Block(150, [{**r, "env_steps": 150} for r in records], [[], []], None, [{}, {}]))
     sink.close()
     (path,) = glob.glob(str(tmp_path / "tb" / "seed3" / "events.out.tfevents.*"))
-    events = tensorboard_writer.read_events(path)
-    assert events[0]["file_version"] == "brain.Event:2"
-    assert [e["step"] for e in events[1:]] == [100, 100, 100, 100, 150]
-    assert events[1]["scalars"] == {"episode_return": 1.5}  # None and lists are not scalars, nor env_steps
-    images = {tag: image for e in events for tag, image in e["images"].items()}
-    assert sorted(images) == ["video/dream", "video/dream_strip", "video/episode"]
+    events = read_events(path)
+    # None and lists are not scalars, nor env_steps
+    assert events["scalars"] == {"episode_return": [(100, 1.5), (150, 1.5)]}
+    assert sorted(events["images"]) == ["video/dream", "video/dream_strip", "video/episode"]
+    ((step, width, height, encoded),) = events["images"]["video/episode"]
     with open(media["video/episode"], "rb") as file:
-        assert images["video/episode"]["encoded"] == file.read()
+        assert step == 100 and encoded == file.read()
     with Image.open(media["video/episode"]) as gif:
-        assert (images["video/episode"]["width"], images["video/episode"]["height"]) == gif.size
-    # the same file through protobuf's own parser
-    Event = _protobuf_event_class()
-    parsed = [Event.FromString(data) for data in tensorboard_writer.read_records(path)]
-    assert parsed[1].step == 100 and parsed[1].summary.value[0].tag == "episode_return"
-    assert parsed[1].summary.value[0].simple_value == 1.5
-    assert parsed[2].summary.value[0].image.encoded == images[parsed[2].summary.value[0].tag]["encoded"]
-    # a flipped byte is found by the checksum
-    data = bytearray(open(path, "rb").read())
-    data[-5] ^= 1
-    with open(path, "wb") as file:
-        file.write(bytes(data))
-    with pytest.raises(tensorboard_writer.CorruptEventFile):
-        tensorboard_writer.read_records(path)
+        assert (width, height) == gif.size
+    (path,) = glob.glob(str(tmp_path / "tb" / "seed4" / "events.out.tfevents.*"))
+    assert read_events(path) == {"scalars": {"episode_return": [(100, 2.0), (150, 2.0)]}, "images": {}}
 
 
 def _run(tmp_path, name, *args):
@@ -267,10 +254,10 @@ def test_evaluation_and_videos_leave_the_training_run_bit_identical(tmp_path, ov
     seeds = sorted({r["seed"] for r in observed})
     for seed in seeds:
         (events_path,) = glob.glob(str(tmp_path / "tb" / f"seed{seed}" / "events.out.tfevents.*"))
-        events = tensorboard_writer.read_events(events_path)
-        tags = {tag for e in events for tag in [*e["scalars"], *e["images"]]}
+        events = read_events(events_path)
+        tags = {*events["scalars"], *events["images"]}
         assert {"episode_return", "eval_return", "eval_length", "updates"} <= tags
-        eval_steps = [e["step"] for e in events if "eval_return" in e["scalars"]]
+        eval_steps = [step for step, _ in events["scalars"]["eval_return"]]
         assert eval_steps == [r["env_steps"] for r in evaluated if r["seed"] == seed]
         videos = sorted(os.listdir(folder / "out_videos" / f"seed{seed}"))
         if "CartPole-v1" in str(overrides):
@@ -334,9 +321,9 @@ class RenderedWalk(gymnasium.Env):
 
 
 def test_python_environments_videos_use_their_rgb_array_render(tmp_path):
+    from agent.evaluation import RunObserver
     from environments import environment_from_config, seed_environments
-    from evaluation import RunObserver
-    from experiment import initial_state, runs_of
+    from experiment.runner import initial_state, runs_of
 
     if "RenderedWalk-v0" not in gymnasium.envs.registry:
         gymnasium.register(id="RenderedWalk-v0", entry_point=RenderedWalk)
@@ -347,10 +334,12 @@ def test_python_environments_videos_use_their_rgb_array_render(tmp_path):
     state = initial_state(config, agent, seed_environments(env, [0, 1], False), 0)
     observer = RunObserver(config, env, agent, runs_of(config, 0), str(tmp_path))
     records = [{}, {}]
-    media = observer.after_block(state._replace(env_steps=state.env_steps + 200), records, 200)
+    recordings = observer.after_block(state._replace(env_steps=state.env_steps + 200), records, 200)
     observer.close()
     assert records == [{}, {}]  # eval_every is 0: no evaluation
-    for files in media:
+    block = Block(200, records, [[], []], recordings, [{}, {}])
+    VideoFiles(str(tmp_path), [0, 1], [{}, {}], env.spec, False, DREAM_CONTEXT).write(block)
+    for files in block.media:
         assert sorted(files) == ["video/episode", "video/prediction"]
         assert _gif_frames(files["video/episode"]) == (7, {(8, 6 + PROGRESS_ROWS)})
         with Image.open(files["video/episode"]) as gif:

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-import huge_pages
+from runtime import huge_pages
 
 
 @pytest.fixture

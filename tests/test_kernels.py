@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import kernels
-from config import Config, load_config
+from agent import kernels
+from agent.distributions import latents
 from environments import environment_from_config
+from experiment.config import Config, load_config
 from initialization import make_agent
-from distributions import latents
 from networks import Conv3x3, Linear
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU forms run on the CPU backend only")

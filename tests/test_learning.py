@@ -5,9 +5,9 @@ and gymnax Pendulum-v1 (continuous actions, real-valued observations)."""
 
 import numpy as np
 
-from config import load_config
 from environments import environment_from_config
-from experiment import run
+from experiment.config import load_config
+from experiment.runner import run
 
 
 def test_quickstart_agent_learns_catch():

@@ -11,11 +11,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agent_environment_interaction_loop import (CPU_BATCH_BYTES, jit_block, make_block_function, seed_batched_update,
-                                                update_seed_batch, update_seed_bytes)
-from config import load_config
+from agent_environment_interaction_loop import (
+    CPU_BATCH_BYTES,
+    jit_block,
+    make_block_function,
+    seed_batched_update,
+    update_seed_batch,
+    update_seed_bytes,
+)
 from environments import environment_from_config, seed_environments
-from experiment import initial_state, run
+from experiment.config import load_config
+from experiment.runner import initial_state, run
 from initialization import make_agent
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))

@@ -12,13 +12,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from latent_functions import (
+    latent_entropy,
+    latent_kl,
+    latent_kl_to_standard_normal,
+    latent_noise,
+    latent_param_size,
+    latent_size,
+)
 
-from config import load_config
-from distributions import Bernoulli, Normal
-from latent_functions import (latent_entropy, latent_kl, latent_kl_to_standard_normal, latent_noise,
-                              latent_param_size, latent_size)
-from losses_and_evaluation import (ImaginedRollout, actor_critic_losses, imagine, kl_balance_loss, lambda_returns,
-                                   world_model_loss)
+from agent.distributions import Bernoulli, Normal
+from experiment.config import load_config
+from losses_and_evaluation import (
+    ImaginedRollout,
+    actor_critic_losses,
+    imagine,
+    kl_balance_loss,
+    lambda_returns,
+    world_model_loss,
+)
 from networks import make_actor_critic, make_world_model
 from replay_buffer import SequenceBatch
 
@@ -118,7 +130,7 @@ def np_gaussian_cross_entropy(mean_p, std_p, mean_q, std_q):
 
 def np_latent_kl(config, params_p, params_q):
     """KL(p || q) summed over the latent variables, [...]: sum p log(p/q) for categoricals, cross-entropy minus
-    entropy for Gaussians (a different route from the closed form in distributions.py)."""
+    entropy for Gaussians (a different route from the closed form in agent/distributions.py)."""
     if config.latent_type == "categorical":
         p, q = np_categorical_probs(config, params_p), np_categorical_probs(config, params_q)
         return np.sum(p * (np.log(p) - np.log(q)), axis=(-2, -1))
@@ -176,8 +188,8 @@ def assert_some_nonzero(tree, what=""):
 def test_bernoulli_and_gaussian_log_probs_match_their_definitions():
     logits = np.array([-30.0, -3.0, -0.5, 0.0, 0.7, 4.0, 30.0])
     # value and d/dl log p = t - σ(l), the gradient the observation and termination heads follow
-    bernoulli = jax.jit(jax.value_and_grad(lambda l, t: jnp.sum(Bernoulli(l).log_prob(t))))
-    elementwise = jax.jit(lambda l, t: Bernoulli(l).log_prob(t))
+    bernoulli = jax.jit(jax.value_and_grad(lambda logits, t: jnp.sum(Bernoulli(logits).log_prob(t))))
+    elementwise = jax.jit(lambda logits, t: Bernoulli(logits).log_prob(t))
     for target in (0.0, 1.0):
         targets = np.full(logits.shape, target, np.float32)
         np.testing.assert_allclose(elementwise(jnp.asarray(logits, jnp.float32), targets),

@@ -8,12 +8,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from latent_functions import (
+    latent_entropy,
+    latent_kl,
+    latent_noise,
+    latent_param_size,
+    latent_size,
+    sample_latent_from_noise,
+)
 
-from config import Config
-from distributions import Categorical
-from initialization import make_optimizer
-from latent_functions import (latent_entropy, latent_kl, latent_noise, latent_param_size, latent_size,
-                              sample_latent_from_noise)
+from agent.distributions import Categorical
+from agent.training_step import make_optimizer
+from experiment.config import Config
 from losses_and_evaluation import kl_balance_loss, lambda_returns, world_model_loss
 from networks import make_world_model
 from replay_buffer import SequenceBatch
@@ -68,7 +74,7 @@ def test_categorical_sample_is_one_hot_with_straight_through_gradient():
     assert z.shape == (12,)
     np.testing.assert_array_equal(z.reshape(3, 4).sum(-1), 1.0)
     assert set(np.unique(np.asarray(z)).tolist()) <= {0.0, 1.0}
-    grad = jax.grad(lambda l: jnp.sum(sample_latent(config, jax.random.PRNGKey(1), l) * jnp.arange(12.0)))(logits)
+    grad = jax.grad(lambda lg: jnp.sum(sample_latent(config, jax.random.PRNGKey(1), lg) * jnp.arange(12.0)))(logits)
     assert np.abs(grad).sum() > 0  # gradients pass through the sample
     np.testing.assert_allclose(latent_entropy(config, jnp.zeros(12)), 3 * np.log(4), rtol=1e-6)
 

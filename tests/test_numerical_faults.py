@@ -17,14 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import checkpoint
-import cli
-import experiment
 import initialization
+from agent.training_step import NUMERICAL_FAULT
 from agent_environment_interaction_loop import BlockMetrics
-from config import load_config
 from environments import environment_from_config, seed_environments
-from initialization import NUMERICAL_FAULT, make_agent
+from experiment import cli, runner
+from experiment.config import load_config
+from initialization import make_agent
+from runtime import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
@@ -44,7 +44,7 @@ def debug_config():
 def _trainable_state(config, agent, num_seeds: int):
     """The debug config's initial state of `num_seeds` seeds with a replay that full batches can be sampled from."""
     envs = seed_environments(environment_from_config(config), range(num_seeds), jax_env=True)
-    state = experiment.initial_state(dataclasses.replace(config, num_seeds=num_seeds), agent, envs, seed=0)
+    state = runner.initial_state(dataclasses.replace(config, num_seeds=num_seeds), agent, envs, seed=0)
     fill = jax.vmap(lambda buffer, key: bench_update.filled_replay(config, agent, envs.spec, buffer, key))
     return state._replace(replay=jax.jit(fill)(state.replay, jax.random.split(jax.random.PRNGKey(1), num_seeds)))
 
@@ -116,17 +116,17 @@ def test_the_first_fault_of_a_block_and_its_sentence(tmp_path):
     codes = np.zeros((steps, seeds), np.int32)
     codes[29, 2], codes[39, 2], codes[39, 1] = 1, 7, 4  # rows 29 and 39: env steps 130 and 140
     metrics = BlockMetrics(None, None, None, {NUMERICAL_FAULT: codes})
-    state = experiment.RunState(**{**dict.fromkeys(experiment.RunState._fields), "env_steps": np.full(seeds, 150)})
-    faults = experiment.numerical_faults(metrics, state, seed=4, num_steps=steps)
+    state = runner.RunState(**{**dict.fromkeys(runner.RunState._fields), "env_steps": np.full(seeds, 150)})
+    faults = runner.numerical_faults(metrics, state, seed=4, num_steps=steps)
     assert faults == [(6, 130, 1), (5, 140, 4)]
-    assert experiment.numerical_fault_message(faults, None) == (
+    assert runner.numerical_fault_message(faults, None) == (
         "seed 6: the world-model loss or its gradient became non-finite at env step 130 (seed 5 too, in the same "
         "block); stopped without saving a checkpoint")
     missing = str(tmp_path / "run.ckpt")
-    assert experiment.numerical_fault_message([(5, 140, 7), (6, 140, 1), (4, 150, 2)], missing) == (
+    assert runner.numerical_fault_message([(5, 140, 7), (6, 140, 1), (4, 150, 2)], missing) == (
         "seed 5: the world-model, actor and critic losses or their gradients became non-finite at env step 140 "
         f"(seeds 4, 6 too, in the same block); stopped before any checkpoint was saved to {missing}")
-    assert experiment.numerical_faults(metrics._replace(train={NUMERICAL_FAULT: codes * 0}), state, 4, steps) == []
+    assert runner.numerical_faults(metrics._replace(train={NUMERICAL_FAULT: codes * 0}), state, 4, steps) == []
 
 
 class NanRewardEnvironment:
@@ -153,11 +153,12 @@ def file_hash(path) -> str:
 
 def _poisoned_command(monkeypatch, tmp_path, name: str, seed: int, poisoned_seed: int, *args, single_seed=False):
     """Runs the debug config (200 env steps, checkpoints every 50) through cli.script_main (the scripts' entry)
-    with NaN rewards for `poisoned_seed` from NAN_FROM_STEP on. Returns (exit code, output records, [(env step, SHA-256) of each
+    with NaN rewards for `poisoned_seed` from NAN_FROM_STEP on. Returns (exit code, output records,
+    [(env step, SHA-256) of each
     checkpoint saved], checkpoint path)."""
     num_seeds = 1 if single_seed else 2
-    env_keys = experiment._seed_keys(dataclasses.replace(load_config(DEBUG), num_seeds=num_seeds), seed)[1]
-    monkeypatch.setattr(experiment, "environment_from_config", lambda config: NanRewardEnvironment(
+    env_keys = runner._seed_keys(dataclasses.replace(load_config(DEBUG), num_seeds=num_seeds), seed)[1]
+    monkeypatch.setattr(runner, "environment_from_config", lambda config: NanRewardEnvironment(
         environment_from_config(config), env_keys[poisoned_seed - seed], NAN_FROM_STEP))
     saved = []
 
@@ -185,7 +186,7 @@ def test_a_nan_in_one_seed_stops_both_drivers_at_the_same_update_keeping_the_che
                                                        "--set", f"jax_env={str(jax_env).lower()}")
         captured = capsys.readouterr()
         lines = captured.err.strip().splitlines()
-        assert code == experiment.NUMERICAL_FAULT_EXIT_CODE == 3, captured.err
+        assert code == runner.NUMERICAL_FAULT_EXIT_CODE == 3, captured.err
         assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
         match = SENTENCE.fullmatch(lines[0])
         assert match and match[1] == "6" and match[3] == str(ckpt), lines
@@ -219,10 +220,10 @@ def test_a_single_seed_run_without_checkpoints_stops_with_one_sentence(monkeypat
 def test_run_raises_the_fault_with_finite_parameters(debug_config):
     # The Python drivers (their jitted pieces are those of the command-level test's jax_env=false run)
     config = dataclasses.replace(debug_config, num_seeds=2, jax_env=False)
-    keys = experiment._seed_keys(config, 0)[1]
+    keys = runner._seed_keys(config, 0)[1]
     env = NanRewardEnvironment(environment_from_config(config), keys[0], NAN_FROM_STEP)
-    with pytest.raises(experiment.NumericalFault, match="^seed 0: the world-model loss") as fault:
-        experiment.run(config, env, seed=0, output=None, progress=False)
+    with pytest.raises(runner.NumericalFault, match="^seed 0: the world-model loss") as fault:
+        runner.run(config, env, seed=0, output=None, progress=False)
     state = fault.value.state
     assert int(state.env_steps[0]) == 150
     _assert_finite((state.params, state.opt_states))

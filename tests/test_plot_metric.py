@@ -1,15 +1,16 @@
 """plot_metric.py: a PNG from two synthetic output files, --summary equal to a hand computation, errors exit 2."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import scipy.stats
 import pytest
+import scipy.stats
 
-import plot_metric
+from outputs import plot_metric
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,8 +52,9 @@ def _summary_rows(text):
 
 def test_cli_writes_a_png_from_two_files(outputs, tmp_path):
     png = tmp_path / "plot.png"
-    done = subprocess.run([sys.executable, "plot_metric.py", *outputs, "--metric", "episode_return",
-                           "-o", str(png), "--smooth", "2"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, os.path.join("outputs", "plot_metric.py"), *outputs, "--metric",
+                           "episode_return", "-o", str(png), "--smooth", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.stat().st_size > 5_000

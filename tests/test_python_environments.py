@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from agent_environment_interaction_loop import PYTHON_DRIVERS, make_block_function, python_cond, python_scan
-from cli import script_main as main
-from config import ConfigError, load_config
-from environments import PythonEnvironments, environment_from_config, make_environment, seed_environments
-from experiment import initial_state, run
+from environments import environment_from_config, make_environment, seed_environments
+from envs.batched import PythonEnvironments
+from experiment.cli import script_main as main
+from experiment.config import ConfigError, load_config
+from experiment.runner import initial_state, run
 from initialization import make_agent
 
 

@@ -8,7 +8,6 @@ import pytest
 
 from replay_buffer import add, can_sample, init_buffer, sample_sequences, sequence_indices
 
-
 jit_add = jax.jit(add)
 
 

@@ -9,12 +9,12 @@ import sys
 
 import numpy as np
 import pytest
-
-import cli
-import plot_metric
-from config import SWEEPABLE_KEYS, ConfigError, load_config, sweep_variants, variant_name, with_sweep
-from tracking import Tracker
 from wandb_file_reader import read_offline_run
+
+from experiment import cli
+from experiment.config import SWEEPABLE_KEYS, ConfigError, load_config, sweep_variants, variant_name, with_sweep
+from outputs import plot_metric
+from outputs.wandb_runs import Tracker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEBUG = os.path.join(ROOT, "configs", "debug.json")

@@ -8,10 +8,10 @@ import sys
 import time
 
 import pytest
-
-import tracking
-from tracking import Tracker, make_group_name, numeric_metrics
 from wandb_file_reader import BLOCK_SIZE, FILE_HEADER, read_offline_run, read_record_bytes
+
+from outputs import wandb_runs
+from outputs.wandb_runs import Tracker, make_group_name, numeric_metrics
 
 CONFIG = {"num_seeds": 2, "eval_frequency": 500, "env_config": {"env_name": "Breakout-MinAtar"}}
 
@@ -113,7 +113,7 @@ def test_resume_reuses_given_run_ids(wandb_env):
 
 def test_disabled_writes_nothing_and_never_imports_wandb(tmp_path):
     code = (
-        "import sys; from tracking import Tracker\n"
+        "import sys; from outputs.wandb_runs import Tracker\n"
         f"t = Tracker({{}}, [0, 1], 'g', mode='disabled', directory={str(tmp_path)!r})\n"
         "t.log_block([{'seed': 0, 'env_steps': 1, 'episode_return': 1.0}]); t.finish()\n"
         "assert not t.active and t.run_ids == [None, None]\n"
@@ -184,7 +184,7 @@ def test_numeric_metrics_and_group_names():
         Tracker({}, [0, 1], "g", mode="disabled", run_ids=["a"])
     with pytest.raises(ValueError):
         Tracker({}, [0], "g", mode="sometimes")
-    assert tracking.default_mode() in tracking.MODES
+    assert wandb_runs.default_mode() in wandb_runs.MODES
 
 
 def _chunk(kind, payload):
@@ -211,7 +211,7 @@ def test_reader_reassembles_records_across_blocks(tmp_path):
 
 def test_online_without_network_falls_back_to_offline(wandb_env, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
-    monkeypatch.setattr(tracking, "_can_reach_server", lambda timeout=3.0: False)
+    monkeypatch.setattr(wandb_runs, "_can_reach_server", lambda timeout=3.0: False)
     tracker = Tracker(CONFIG, [0], "g", mode="online", directory=str(wandb_env))
     tracker.finish()
     assert tracker.mode == "offline"
@@ -224,7 +224,7 @@ def test_resumed_run_continues_each_seeds_wandb_run_without_duplicate_steps(wand
     the same run id, and env_steps (also the wandb step) go on strictly increasing, every block once."""
     import signal
 
-    import checkpoint
+    from runtime import checkpoint
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ckpt = wandb_env / "run.ckpt"

@@ -1,0 +1,1 @@
+"""The runtime around the compiled program: checkpoints, devices and processes, stop signals, huge pages."""
