@@ -59,9 +59,9 @@ class Drivers(NamedTuple):
 def compiler_options() -> dict | None:
     """XLA options for the training programs. On CPU, LLVM optimises the generated kernels at level 1
     instead of the default: the block compiles about a quarter faster and runs as fast, since the time goes
-    to matmuls and convolutions in precompiled libraries, not to the generated elementwise loops (measured in
-    bench/README.md, "Where the compile time goes"). The float results differ from the default level's in
-    the last bits, deterministically. Other backends keep XLA's defaults."""
+    to matmuls and convolutions in precompiled libraries, not to the generated elementwise loops (measured:
+    `git show f1b95ab:bench/README.md`, "Where the compile time goes"). The float results differ from the
+    default level's in the last bits, deterministically. Other backends keep XLA's defaults."""
     return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
 
 
@@ -198,7 +198,8 @@ def seed_batched_update(agent: Agent, requested_batch: int, seed_bytes: int = 0,
     - or as a `scan` (the default on CPU, where they exist because vmapping a large update gains no speed)
       over [batches, batch] views of the state, which reads each batch from the old state and writes it to a
       new one, holding a second copy of the seeds' parameters and optimizer states (the in-place loop was
-      measured to copy the whole seed-stacked optimizer moments on XLA:CPU, bench/README.md).
+      measured to copy the whole seed-stacked optimizer moments on XLA:CPU:
+      `git show f1b95ab:bench/README.md`).
     The replay is only read, never carried or copied."""
     # jitted, so that the trace made for the metric shapes below is reused by the calls (the update is
     # the largest function of a block: tracing it twice took seconds)
@@ -275,9 +276,9 @@ def make_block_function(config: Config, agent: Agent, envs, num_steps: int,
 
     Under the JAX drivers a block of one seed runs the per-seed pieces themselves, unvmapped, on the state
     with its seed axis taken off for the whole scan (and put back at the end): vmapped over an axis of size
-    1, XLA:CPU compiled the block longer and ran the update slower (bench/README.md, "One seed is not
-    vmapped"). The same arithmetic either way; off inside the training `cond` only, the optimizer's moments were
-    no longer written in place and the skip branch copied them at every step."""
+    1, XLA:CPU compiled the block longer and ran the update slower (`git show f1b95ab:bench/README.md`, "One
+    seed is not vmapped"). The same arithmetic either way; off inside the training `cond` only, the optimizer's
+    moments were no longer written in place and the skip branch copied them at every step."""
     c = config
     scan, cond, compiled = drivers
     per_seed_act, per_seed_store = make_act(agent), make_store(agent)

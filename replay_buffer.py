@@ -112,7 +112,8 @@ def sample_sequences(buffer: ReplayBuffer, key: jax.Array, batch_size: int, sequ
     """
     # One 32-bit draw modulo the number of starts (at most the capacity): a relative bias under capacity / 2^32
     # (2e-5 for 100,000 entries). jax.random.randint is exact, but it splits its key and draws twice: on CPU
-    # 20 more kernels and two more loops in the reference config's update (bench/README.md, "Fewer random draws").
+    # 20 more kernels and two more loops in the reference config's update
+    # (`git show f1b95ab:bench/README.md`, "Fewer random draws").
     num_starts = jnp.maximum(buffer.count - sequence_length + 1, 1).astype(jnp.uint32)
     starts = (jax.random.bits(key, (batch_size,), jnp.uint32) % num_starts).astype(jnp.int32)  # [B]
     idx = sequence_indices(buffer, starts, sequence_length, maximize_nonterminal)           # [B, L]

@@ -3,7 +3,8 @@
 XLA:CPU allocates the temporaries of a compiled program (about 2 GB for one training update on the reference
 config) afresh on every call, and glibc serves each large block with its own `mmap`: every update then
 page-faults some 450,000 fresh 4 KiB pages, about a third of its wall time on a 2-core machine
-(bench/README.md). glibc 2.35 and later can ask for transparent huge pages on those mappings (the tunable
+(bench/results.md, "Settings that change the speed"). glibc 2.35 and later can ask for transparent huge pages
+on those mappings (the tunable
 `glibc.malloc.hugetlb=1`, honoured where /sys/kernel/mm/transparent_hugepage/enabled says `always` or
 `madvise`), which cuts the faults about 16-fold. glibc reads tunables only when a process starts, so the
 command-line scripts re-execute themselves once with it set. Nothing changes in what is computed.

@@ -35,7 +35,7 @@ def test_cartpole_agent_learns_through_gymnasium():
 
 def test_dreamerv3_small_preset_learns_catch():
     # The DreamerV3 small preset as it is (Catch, 12,000 env steps), seed 0 alone: seeds 0-3 end at 1.00, 0.96,
-    # 1.00, 1.00 over their last 50 episodes (bench/results.md, session 26). Random play scores about -0.6.
+    # 1.00, 1.00 over their last 50 episodes (bench/results.md, Learning per task). Random play scores about -0.6.
     config = load_config("configs/dreamerv3_small.json", ["num_seeds=1"])
     result = run(config, environment_from_config(config), seed=0, output=None, progress=False, diagnostics=False)
     returns = np.asarray(result["returns"][0], float)
