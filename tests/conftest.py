@@ -8,6 +8,8 @@ import shutil
 import tempfile
 import uuid
 
+import pytest
+
 # The controller picks the id; pytest-xdist workers inherit it through the environment.
 _RUN_ID = os.environ.setdefault("DREAMER_TEST_RUN_ID", uuid.uuid4().hex)
 CACHE_DIR = os.path.join(tempfile.gettempdir(), f"dreamer-tests-jax-cache-{_RUN_ID}")
@@ -38,3 +40,22 @@ def pytest_collection_modifyitems(config, items):
     pytest-xdist workers the rest then fills the other worker, instead of a learning test starting late and
     running on alone at the end."""
     items.sort(key=lambda item: item.path.name != "test_learning.py")  # stable: the order is kept otherwise
+
+
+DEBUG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "debug.json")
+DEBUG_RUN_ARGS = ["-c", DEBUG, "--wandb", "disabled", "--no_progress", "--set", "checkpoint_frequency=50"]
+
+
+@pytest.fixture(scope="session")
+def debug_run(tmp_path_factory):
+    """The debug config's uninterrupted run (seed 0, 200 env steps, a checkpoint every 50) through the scripts'
+    entry, started with --load_checkpoint of a missing file: built once per test worker and shared by the tests
+    that compare against it. Returns its folder, holding `full.out` (records) and `full.ckpt`; read it, do not
+    change it."""
+    from experiment import cli
+
+    folder = tmp_path_factory.mktemp("debug_run")
+    argv = [*DEBUG_RUN_ARGS, "-o", str(folder / "full.out"), "--save_checkpoint", str(folder / "full.ckpt"),
+            "--load_checkpoint", str(folder / "missing.ckpt")]
+    assert cli.script_main(argv, description="test", single_seed=False) == 0
+    return folder

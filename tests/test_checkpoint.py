@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,13 +74,13 @@ def file_hash(path) -> str:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """An uninterrupted 200-step run (started with --load_checkpoint of a missing file) and a run stopped at
-    100 steps, one seed each."""
+def reference(tmp_path_factory, debug_run):
+    """An uninterrupted 200-step run (started with --load_checkpoint of a missing file: the suite's shared
+    debug_run) and a run stopped at 100 steps, one seed each."""
     folder = tmp_path_factory.mktemp("reference")
-    full, half = folder / "full", folder / "half"
-    assert run_main("-o", f"{full}.out", "--save_checkpoint", f"{full}.ckpt",
-                    "--load_checkpoint", str(folder / "missing.ckpt")) == 0
+    for name in ("full.out", "full.ckpt"):
+        shutil.copyfile(debug_run / name, folder / name)
+    half = folder / "half"
     assert run_main("-o", f"{half}.out", "--save_checkpoint", f"{half}.ckpt", "--set", "num_steps=100") == 0
     return folder
 
