@@ -406,66 +406,23 @@ def run_command(args: argparse.Namespace, config: Config) -> int:
     module only then): the environment and checkpoint checks (one sentence, exit 2, nothing
     written), then the run itself (a NumericalFault: one sentence, exit NUMERICAL_FAULT_EXIT_CODE). With
     several processes, each reads and writes files of its own (devices.process_path)."""
-    resume = None
     placement = devices.default_placement(config.num_runs)
     output, save_path = placement.process_path(args.output), placement.process_path(args.save_checkpoint)
     try:
-        placement.check(config)
-        env = environment_from_config(config)
-        check_observations(config, env)
-        if output and os.path.isdir(output):
-            raise ConfigError(f"output path {output!r} is a directory; -o needs a file name")
-        if save_path:
-            checkpoint.check_save_path(save_path)
-        for flag, folder in (("--video_dir", video_folder(args)), ("--tensorboard", args.tensorboard)):
-            if folder and os.path.exists(folder) and not os.path.isdir(folder):
-                raise ConfigError(f"{flag} {folder!r} is a file; it needs a folder (created if missing)")
-        if placement.process_count > 1 and (config.eval_every or video_folder(args) or args.tensorboard):
-            raise ConfigError("evaluation, videos and TensorBoard run in a single process for now; turn off "
-                              "eval_every, --video and --tensorboard to run on several processes")
-        load_path = devices.checkpoint_to_load(args.load_checkpoint, placement) if args.load_checkpoint else None
-        if args.load_checkpoint and not load_path:
-            devices.warn_process(f"warning: checkpoint {args.load_checkpoint!r} does not exist; starting a fresh run",
-                                 placement)
-        elif load_path:
-            mine = placement.local_runs(config.num_runs)
-            devices.check_checkpoint_runs(load_path, checkpoint.read_header(load_path), placement, mine)
-            envs = seed_environments(env, mine, config.jax_env)
-            expected = state_shapes(config, make_agent(config, env), envs)
-            expected = jax.tree.map(lambda s: jax.ShapeDtypeStruct((len(mine), *s.shape[1:]), s.dtype), expected)
-            envs.close()
-            resume = checkpoint.prepare_resume(load_path, config_to_dict(config), expected, args.seed,
-                                               config.num_steps, output)
+        env, resume = checked_start(args, config, placement, output, save_path)
     except (ConfigError, checkpoint.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         if placement.process_count > 1:
             placement.any_process([True, False, False])  # so that the other processes stop too
         return 2
-    if placement.process_count > 1:  # every process resumes, or none does; none starts while another stopped
-        refused, resumed, fresh = placement.any_process([False, resume is not None, resume is None])
-        if refused or (resumed and fresh):
-            why = ("another process refused its part of the run" if refused else
-                   f"some processes found their file of checkpoint {args.load_checkpoint!r} and others did not")
-            print(f"error: {why}; nothing was run", file=sys.stderr)
-            return 2
+    refused = processes_disagree(placement, resume, args.load_checkpoint)
+    if refused:
+        print(f"error: {refused}; nothing was run", file=sys.stderr)
+        return 2
     seed = resume.seed if resume else (args.seed or 0)
-    variants = sweep_variants(config)
-    sweep = f"{len(variants)} variants ({'; '.join(map(variant_name, variants))}) x " if config.sweep else ""
-    if placement.process_index == 0:
-        files = (f", metrics -> {args.output}" if placement.process_count == 1 else
-                 f", each process's metrics -> {devices.process_path(args.output, 'P', placement.process_count)}")
-        print(f"{sweep}{config.num_seeds} seed(s) of {config.env_config.env_name}, seeds {seed}.."
-              f"{seed + config.num_seeds - 1}, {config.num_steps} env steps, {placement.describe()}{files}"
-              + (f", resuming from env step {resume.env_steps} of {args.load_checkpoint}" if resume else ""))
+    announce(config, seed, placement, args.output, resume, args.load_checkpoint)
     runs = local_runs(config, seed, placement)
-    wandb = resume.wandb if resume and resume.wandb else {}
-    group = args.group or wandb.get("group")
-    if placement.process_count > 1 and not group:  # one group for the runs of every process
-        group = placement.shared_text(make_group_name(config.env_config.env_name))
-    tracker = Tracker(config_to_dict(config), runs.seeds, group, project=args.wandb_project,
-                      mode=args.wandb, tags=args.tag, run_ids=wandb.get("run_ids"), variants=runs.variants)
-    if tracker.active and placement.process_index == 0:
-        print(f"wandb group {tracker.group} ({tracker.mode}), one run per {'variant and ' * bool(config.sweep)}seed")
+    tracker = wandb_tracker(args, config, runs, resume, placement)
     tensorboard = TensorBoardSink(args.tensorboard, runs.seeds, runs.variants) if args.tensorboard else None
     try:
         try:
@@ -481,3 +438,79 @@ def run_command(args: argparse.Namespace, config: Config) -> int:
         return NUMERICAL_FAULT_EXIT_CODE
     print_summary(result, seed)
     return 0
+
+
+def checked_start(args: argparse.Namespace, config: Config, placement: devices.Placement, output: str | None,
+                  save_path: str | None) -> tuple[object, checkpoint.Resume | None]:
+    """(environment, resume or None) of a command line, after every check that can refuse it before anything
+    is written: the environment and its observations, the output paths, and the checkpoint to resume. Raises
+    ConfigError or CheckpointError with one sentence."""
+    placement.check(config)
+    env = environment_from_config(config)
+    check_observations(config, env)
+    if output and os.path.isdir(output):
+        raise ConfigError(f"output path {output!r} is a directory; -o needs a file name")
+    if save_path:
+        checkpoint.check_save_path(save_path)
+    for flag, folder in (("--video_dir", video_folder(args)), ("--tensorboard", args.tensorboard)):
+        if folder and os.path.exists(folder) and not os.path.isdir(folder):
+            raise ConfigError(f"{flag} {folder!r} is a file; it needs a folder (created if missing)")
+    if placement.process_count > 1 and (config.eval_every or video_folder(args) or args.tensorboard):
+        raise ConfigError("evaluation, videos and TensorBoard run in a single process for now; turn off "
+                          "eval_every, --video and --tensorboard to run on several processes")
+    load_path = devices.checkpoint_to_load(args.load_checkpoint, placement) if args.load_checkpoint else None
+    if args.load_checkpoint and not load_path:
+        devices.warn_process(f"warning: checkpoint {args.load_checkpoint!r} does not exist; starting a fresh run",
+                             placement)
+    if not load_path:
+        return env, None
+    mine = placement.local_runs(config.num_runs)
+    devices.check_checkpoint_runs(load_path, checkpoint.read_header(load_path), placement, mine)
+    envs = seed_environments(env, mine, config.jax_env)
+    expected = state_shapes(config, make_agent(config, env), envs)
+    expected = jax.tree.map(lambda s: jax.ShapeDtypeStruct((len(mine), *s.shape[1:]), s.dtype), expected)
+    envs.close()
+    return env, checkpoint.prepare_resume(load_path, config_to_dict(config), expected, args.seed, config.num_steps,
+                                          output)
+
+
+def processes_disagree(placement: devices.Placement, resume, load_checkpoint: str | None) -> str | None:
+    """With several processes, why they cannot start together (one refused its part, or some resume and others
+    start afresh), else None: every process resumes, or none does, and none starts while another stopped."""
+    if placement.process_count == 1:
+        return None
+    refused, resumed, fresh = placement.any_process([False, resume is not None, resume is None])
+    if refused:
+        return "another process refused its part of the run"
+    if resumed and fresh:
+        return f"some processes found their file of checkpoint {load_checkpoint!r} and others did not"
+    return None
+
+
+def announce(config: Config, seed: int, placement: devices.Placement, output: str | None, resume,
+             load_checkpoint: str | None) -> None:
+    """The run's first line: what runs, where, and where its records go (from the first process only)."""
+    if placement.process_index != 0:
+        return
+    variants = sweep_variants(config)
+    sweep = f"{len(variants)} variants ({'; '.join(map(variant_name, variants))}) x " if config.sweep else ""
+    files = (f", metrics -> {output}" if placement.process_count == 1 else
+             f", each process's metrics -> {devices.process_path(output, 'P', placement.process_count)}")
+    print(f"{sweep}{config.num_seeds} seed(s) of {config.env_config.env_name}, seeds {seed}.."
+          f"{seed + config.num_seeds - 1}, {config.num_steps} env steps, {placement.describe()}{files}"
+          + (f", resuming from env step {resume.env_steps} of {load_checkpoint}" if resume else ""))
+
+
+def wandb_tracker(args: argparse.Namespace, config: Config, runs: Runs, resume,
+                  placement: devices.Placement) -> Tracker:
+    """The wandb runs of this process's runs: a resume continues the checkpoint's runs and group; several
+    processes share one group."""
+    stored = resume.wandb if resume and resume.wandb else {}
+    group = args.group or stored.get("group")
+    if placement.process_count > 1 and not group:
+        group = placement.shared_text(make_group_name(config.env_config.env_name))
+    tracker = Tracker(config_to_dict(config), runs.seeds, group, project=args.wandb_project,
+                      mode=args.wandb, tags=args.tag, run_ids=stored.get("run_ids"), variants=runs.variants)
+    if tracker.active and placement.process_index == 0:
+        print(f"wandb group {tracker.group} ({tracker.mode}), one run per {'variant and ' * bool(config.sweep)}seed")
+    return tracker

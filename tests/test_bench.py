@@ -1,6 +1,6 @@
-"""The bench scripts run on the debug config and print one JSON object with the keys issue 7 asks for; the learning
-benchmark runs two of its tasks, shortened. No timing is asserted: the figures are measured, not tested (see
-bench/README.md)."""
+"""The bench scripts run on the debug config and print one JSON object with the keys bench/README.md documents;
+the learning benchmark runs two of its tasks, shortened. No timing is asserted: the figures are measured, not
+tested."""
 
 import json
 import os
