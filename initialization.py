@@ -14,7 +14,7 @@ from agent.training_step import make_train_update, optimizers, with_run_values
 from envs.protocol import EnvSpec
 from experiment.config import Config, ConfigError
 from losses_and_evaluation import DIAGNOSTIC_SEQUENCES, model_diagnostics, observe_step
-from networks import make_actor_critic, make_world_model
+from networks import image_network, make_actor_critic, make_world_model, strided_layout
 from replay_buffer import ReplayBuffer, init_buffer, pack_frame, sample_sequences, unpack_frames
 
 
@@ -81,8 +81,14 @@ def replay_frame(config: Config, spec: EnvSpec) -> tuple[tuple[int, ...], np.dty
 
 
 def check_observations(config: Config, env) -> None:
-    """Refuses binary_state for an env whose observations are not 0/1: they would be bit-packed into garbage.
-    Looks at the first observation of a few episodes (cheap, before anything is compiled for training)."""
+    """Refuses frames the strided image network cannot take (image_network strided), and binary_state for an
+    env whose observations are not 0/1: they would be bit-packed into garbage. Looks at the first observation
+    of a few episodes (cheap, before anything is compiled for training)."""
+    if image_network(config, env.spec.obs_shape) == "strided":
+        try:
+            strided_layout(env.spec.obs_shape)
+        except ValueError as error:
+            raise ConfigError(f"{config.env_config.env_name}: {error}") from None
     if not config.binary_state:
         return
     if getattr(env, "is_python", False):
@@ -96,7 +102,7 @@ def check_observations(config: Config, env) -> None:
 
 def make_agent(config: Config, env) -> Agent:
     c, spec = config, env.spec
-    wm = make_world_model(c, spec.obs_shape, spec.num_actions)
+    wm = make_world_model(c, spec.obs_shape, spec.num_actions, spec.obs_dtype)
     actor, critic = make_actor_critic(c, action_head_size(c, spec.num_actions, spec.continuous))
 
     hidden, z_size = c.num_hidden_units, latents(c).size

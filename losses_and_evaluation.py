@@ -11,7 +11,6 @@ from agent.distributions import (
     action_distribution,
     actor_gradient,
     latents,
-    observation_distribution,
     reward_distribution,
     takes_part,
     value_distribution,
@@ -96,7 +95,7 @@ def world_model_loss(config: Config, wm: WorldModel, wm_params, batch, key):
 
     obs_pred = wm.decode(wm_params, jnp.concatenate([h, z], -1))  # [B, T, *obs]
     obs_axes = tuple(range(2, obs.ndim))
-    obs_log_prob = jnp.sum(observation_distribution(c, obs_pred).log_prob(obs), axis=obs_axes)
+    obs_log_prob = jnp.sum(wm.observation(obs_pred).log_prob(obs), axis=obs_axes)
 
     reward_log_prob = reward_distribution(c, wm.reward(wm_params, next_h)).log_prob(batch.reward)  # [B, T]
     termination = Bernoulli(wm.termination(wm_params, next_h))
@@ -317,7 +316,7 @@ def model_diagnostics(config: Config, wm: WorldModel, wm_params, actor_apply: Ca
     h, z, next_h, prior, posterior = observe_sequence(c, wm, wm_params, obs, batch.action, episode_end, observe_key)
 
     stats = {}
-    obs_pred = observation_distribution(c, wm.decode(wm_params, jnp.concatenate([h, z], -1))).mode()  # [B, T, *obs]
+    obs_pred = wm.observation(wm.decode(wm_params, jnp.concatenate([h, z], -1))).mode()  # [B, T, *obs]
     if c.binary_state:
         stats["observation_bit_error"] = jnp.mean((obs_pred != (obs > 0.5)).astype(jnp.float32))
     else:

@@ -2,6 +2,7 @@
 the latent variables), reward and termination heads, actor and critic. The latent variables' distributions
 are in agent/distributions.py, the CPU forms of a few operations in agent/kernels.py."""
 
+import functools
 from typing import Callable, NamedTuple
 
 import haiku as hk
@@ -10,7 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from agent import kernels
-from agent.distributions import latents, reward_head_size, symlog, value_head_size
+from agent.distributions import (
+    PixelSquared,
+    latents,
+    observation_distribution,
+    reward_head_size,
+    symlog,
+    value_head_size,
+)
 from experiment.config import Config
 
 ACTIVATIONS: dict[str, Callable] = {
@@ -119,11 +127,96 @@ def uses_conv(config: Config, obs_shape: tuple[int, ...]) -> bool:
     return not config.no_conv and len(obs_shape) in (2, 3)
 
 
-def encoder_output_size(config: Config, obs_shape: tuple[int, ...]) -> int:
+STRIDED_MIN_SIDE = 16  # image_network auto: frames with a smaller side take the small 3x3 stack
+STRIDED_FINAL_SIDE = 4  # the strided encoder stops at a 4x4 map (DreamerV3's minres)
+
+
+def strided_layout(obs_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(padded side, stride-2 stages) of the strided network for frames of `obs_shape` ([H, W] or [H, W, C]):
+    a square frame is zero-padded at the bottom and right up to the next power of two (63x63 Craftax pixels to
+    64x64), at most an eighth of its side, and halved down to 4x4. Raises ValueError, in one sentence, for a
+    frame it cannot take."""
+    height, width, _ = _as_image(obs_shape)
+    side = 1 << max(height - 1, 1).bit_length()  # the next power of two
+    if height != width or height < 8 or side - height > side // 8:
+        raise ValueError(f"the strided image network takes square frames whose side is a power of two of at least 8 "
+                         f"or up to an eighth below one (64x64, 63x63, 32x32, ...), got {height}x{width}; resize the "
+                         f"frames or set image_network to small")
+    return side, side.bit_length() - STRIDED_FINAL_SIDE.bit_length()
+
+
+def image_network(config: Config, obs_shape: tuple[int, ...]) -> str | None:
+    """Which network takes these observations: "strided", "small" (3x3 stride-1), or None (the MLP)."""
     if not uses_conv(config, obs_shape):
+        return None
+    if config.image_network != "auto":
+        return config.image_network
+    height, width, _ = _as_image(obs_shape)
+    if min(height, width) < STRIDED_MIN_SIDE:
+        return "small"
+    try:
+        strided_layout(obs_shape)
+    except ValueError:
+        return "small"
+    return "strided"
+
+
+def encoder_output_size(config: Config, obs_shape: tuple[int, ...]) -> int:
+    network = image_network(config, obs_shape)
+    if network is None:
         return config.num_hidden_units
+    if network == "strided":
+        _, stages = strided_layout(obs_shape)
+        return STRIDED_FINAL_SIDE**2 * config.cnn_depth * 2 ** (stages - 1)
     height, width, _ = _as_image(obs_shape)
     return height * width * config.num_conv_filters * 2 ** (config.conv_depth - 1)
+
+
+def pixel_frames(config: Config, obs_shape: tuple[int, ...], obs_dtype) -> bool:
+    """Whether observations are uint8 pixel frames (0-255) taken by the strided network: it then reads and
+    predicts them scaled to [-0.5, 0.5] (distributions.PixelSquared scores its predictions)."""
+    return (image_network(config, obs_shape) == "strided" and np.dtype(obs_dtype) == np.uint8
+            and not config.binary_state)
+
+
+class StridedEncoder(hk.Module):
+    """DreamerV2/V3's image encoder: frames [N, H, W, C] (float) -> [N, 16 * depth * 2^(stages-1)].
+    Each stage is a 4x4 convolution of stride 2 (SAME padding) that halves the frame and doubles the channels,
+    from `depth`, down to 4x4 (strided_layout); then LayerNorm over the channels (with `norm`, and no bias) and
+    the activation."""
+
+    def __init__(self, depth: int, activation: str, norm: bool, name=None):
+        super().__init__(name=name)
+        self.depth, self.activation, self.norm = depth, ACTIVATIONS[activation], norm
+
+    def __call__(self, frames):
+        side, stages = strided_layout(frames.shape[1:])
+        x = jnp.pad(frames, ((0, 0), (0, side - frames.shape[1]), (0, side - frames.shape[2]), (0, 0)))
+        for i in range(stages):  # [N, side / 2^(i+1), side / 2^(i+1), depth * 2^i]
+            x = hk.Conv2D(self.depth * 2**i, 4, stride=2, padding="SAME", with_bias=not self.norm)(x)
+            x = self.activation(layer_norm(x) if self.norm else x)
+        return x.reshape(x.shape[0], -1)
+
+
+class StridedDecoder(hk.Module):
+    """The encoder mirrored: features [N, D] -> a linear layer to a 4x4 map of depth * 2^(stages-1) channels,
+    then 4x4 transposed convolutions of stride 2 that double the frame and halve the channels, the last one to
+    the frame's channels without a norm or an activation, cropped to `frame_shape` [H, W, C]."""
+
+    def __init__(self, frame_shape: tuple[int, int, int], depth: int, activation: str, norm: bool, name=None):
+        super().__init__(name=name)
+        self.frame_shape, self.depth, self.activation, self.norm = frame_shape, depth, ACTIVATIONS[activation], norm
+
+    def __call__(self, feat):
+        height, width, channels = self.frame_shape
+        _, stages = strided_layout(self.frame_shape)
+        top = self.depth * 2 ** (stages - 1)
+        x = hk.Linear(STRIDED_FINAL_SIDE**2 * top)(feat).reshape(-1, STRIDED_FINAL_SIDE, STRIDED_FINAL_SIDE, top)
+        for i in reversed(range(stages - 1)):  # [N, 4 * 2^(stages-1-i), ..., depth * 2^i]
+            x = hk.Conv2DTranspose(self.depth * 2**i, 4, stride=2, padding="SAME", with_bias=not self.norm)(x)
+            x = self.activation(layer_norm(x) if self.norm else x)
+        x = hk.Conv2DTranspose(channels, 4, stride=2, padding="SAME")(x)  # [N, side, side, C]
+        return x[:, :height, :width]
 
 
 def check_trailing_shape(what: str, x, shape: tuple[int, ...]) -> None:
@@ -134,11 +227,12 @@ def check_trailing_shape(what: str, x, shape: tuple[int, ...]) -> None:
 
 
 class Encoder(hk.Module):
-    """Observation [..., *obs_shape] (float) -> embedding [..., E], E = encoder_output_size."""
+    """Observation [..., *obs_shape] (float) -> embedding [..., E], E = encoder_output_size; `pixels`: uint8 frames
+    (pixel_frames), scaled to [-0.5, 0.5] here."""
 
-    def __init__(self, config: Config, obs_shape: tuple[int, ...], name=None):
+    def __init__(self, config: Config, obs_shape: tuple[int, ...], pixels: bool = False, name=None):
         super().__init__(name=name)
-        self.config, self.obs_shape = config, tuple(obs_shape)
+        self.config, self.obs_shape, self.pixels = config, tuple(obs_shape), pixels
 
     def __call__(self, obs):
         c = self.config
@@ -149,15 +243,19 @@ class Encoder(hk.Module):
             if c.symlog_inputs:
                 x = symlog(x)
             return MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, norm=c.layer_norm)(x)
-        act = ACTIVATIONS[c.activation]
         x = obs.reshape(-1, *_as_image(self.obs_shape))  # [N, H, W, C]
+        if image_network(c, self.obs_shape) == "strided":
+            x = StridedEncoder(c.cnn_depth, c.activation, c.layer_norm)(x / 255.0 - 0.5 if self.pixels else x)
+            return x.reshape(*lead, -1)
+        act = ACTIVATIONS[c.activation]
         for i in range(c.conv_depth):
             x = act(Conv3x3(c.num_conv_filters * 2**i)(x))
         return x.reshape(*lead, -1)
 
 
 class Decoder(hk.Module):
-    """Model feature [..., D] -> observation logits (binary) or means [..., *obs_shape]."""
+    """Model feature [..., D] -> observation logits (binary) or means [..., *obs_shape] (pixel frames: scaled to
+    [-0.5, 0.5], see pixel_frames)."""
 
     def __init__(self, config: Config, obs_shape: tuple[int, ...], name=None):
         super().__init__(name=name)
@@ -170,6 +268,10 @@ class Decoder(hk.Module):
         if not uses_conv(c, self.obs_shape):
             x = MLP(c.num_hidden_units, c.num_hidden_layers, c.activation, int(np.prod(self.obs_shape)),
                     latents(c).one_hot_block(c.num_hidden_units), norm=c.layer_norm)(feat)
+            return x.reshape(*lead, *self.obs_shape)
+        if image_network(c, self.obs_shape) == "strided":
+            x = StridedDecoder(_as_image(self.obs_shape), c.cnn_depth, c.activation, c.layer_norm)(
+                feat.reshape(-1, feat.shape[-1]))
             return x.reshape(*lead, *self.obs_shape)
         act = ACTIVATIONS[c.activation]
         height, width, channels = _as_image(self.obs_shape)
@@ -198,6 +300,8 @@ class WorldModel(NamedTuple):
     transition(params, h [..., H], z [..., Z], action) -> next h [..., H]; action: integers [...] (discrete,
         one-hot encoded) or vectors [..., A] (continuous actions, or a discrete one-hot sample), A = num_actions
     decode(params, feat [..., H+Z]) -> observation logits/means [..., *obs]
+    observation(decoded [..., *obs]) -> the observation likelihood of the decoder's outputs, elementwise
+        (distributions.observation_distribution; PixelSquared for pixel frames)
     reward(params, h [..., H]) -> reward head outputs [..., R] (distributions.reward_distribution reads them)
     termination(params, h [..., H]) -> termination logit [...]
     A categorical z must be a sample (at most one non-zero entry per latent variable, as
@@ -213,13 +317,17 @@ class WorldModel(NamedTuple):
     decode: Callable
     reward: Callable
     termination: Callable
+    observation: Callable
 
 
-def make_world_model(config: Config, obs_shape: tuple[int, ...], num_actions: int) -> WorldModel:
+def make_world_model(config: Config, obs_shape: tuple[int, ...], num_actions: int,
+                     obs_dtype=np.float32) -> WorldModel:
+    """The world model of observations [*obs_shape] of the environment's `obs_dtype` and `num_actions` actions."""
     c = config
+    pixels = pixel_frames(c, obs_shape, obs_dtype)
 
     def build():
-        encoder = Encoder(c, obs_shape, name="encoder")
+        encoder = Encoder(c, obs_shape, pixels, name="encoder")
         decoder = Decoder(c, obs_shape, name="decoder")
         gru = NormGRU(c.num_hidden_units, name="gru") if c.layer_norm else hk.GRU(c.num_hidden_units, name="gru")
         mlp = lambda layers, output_size=None, **kw: MLP(c.num_hidden_units, layers, c.activation, output_size,
@@ -269,7 +377,8 @@ def make_world_model(config: Config, obs_shape: tuple[int, ...], num_actions: in
         return init, (embed, prior_net, posterior, transition, decoder, reward_net, termination)
 
     model = hk.without_apply_rng(hk.multi_transform(build))
-    return WorldModel(model.init, *model.apply)
+    observation = PixelSquared if pixels else functools.partial(observation_distribution, c)
+    return WorldModel(model.init, *model.apply, observation)
 
 
 def make_actor_critic(config: Config, num_actions: int):

@@ -454,6 +454,20 @@ class SymlogSquared(NamedTuple):
         return symexp(self.prediction)
 
 
+class PixelSquared(NamedTuple):
+    """DreamerV3's image decoder for uint8 frames: the prediction lives in [-0.5, 0.5] (a pixel / 255 - 0.5) and
+    is scored by squared error there (a log-likelihood up to a constant, negated); `mode` maps it back to 0-255."""
+
+    prediction: jax.Array  # [...] in [-0.5, 0.5]
+
+    def log_prob(self, x):
+        """-(prediction - (x / 255 - 0.5))^2 [...], elementwise; x in 0-255."""
+        return -((self.prediction - (x / 255.0 - 0.5)) ** 2)
+
+    def mode(self):
+        return jnp.clip((self.prediction + 0.5) * 255.0, 0.0, 255.0)
+
+
 def observation_distribution(config: Config, decoded):
     """The observation likelihood of decoder outputs [..., *obs] (elementwise): Bernoulli for binary frames,
     else squared error in symlog space (`symlog_observations`) or a unit-variance Gaussian."""

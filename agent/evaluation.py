@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agent.distributions import latents, observation_distribution, reward_distribution
+from agent.distributions import latents, reward_distribution
 from experiment.config import Config
 from losses_and_evaluation import imagine_step, observe_sequence
 from networks import make_world_model
@@ -146,7 +146,7 @@ def dream(config: Config, wm, wm_params, obs, action, key, context: int = DREAM_
 
     def decoded(feat):  # in observation space: a pixel's probability for binary frames, else the prediction
         out = wm.decode(wm_params, feat)
-        return jax.nn.sigmoid(out) if c.binary_state else observation_distribution(c, out).mode()
+        return jax.nn.sigmoid(out) if c.binary_state else wm.observation(out).mode()
 
     steps = action.shape[0]
     h, z, next_h, _, _ = observe_sequence(c, wm, wm_params, obs[None].astype(jnp.float32), action[None],
@@ -184,7 +184,7 @@ class RunObserver:
         self.config, self.env, self.agent, self.runs, self.video_dir = config, env, agent, runs, video_dir
         self.python = getattr(env, "is_python", False)
         self.greedy = config.eval_policy == "mode"
-        self.wm = make_world_model(config, env.spec.obs_shape, env.spec.num_actions)
+        self.wm = make_world_model(config, env.spec.obs_shape, env.spec.num_actions, env.spec.obs_dtype)
         self._evaluate = self._record = self._dream = None  # jitted at their first use
         self._python_envs = None
         # Python environments draw the recorded episode with their rgb_array render where they have one

@@ -120,7 +120,7 @@ def main(argv=None):
     c = load_config(args.config, args.set)
     env = environment_from_config(c)
     agent = make_agent(c, env)
-    wm = make_world_model(c, env.spec.obs_shape, env.spec.num_actions)
+    wm = make_world_model(c, env.spec.obs_shape, env.spec.num_actions, env.spec.obs_dtype)
     actor, critic = make_actor_critic(c, env.spec.num_actions)
 
     env_state, obs = jax.jit(env.reset)(jax.random.PRNGKey(1))

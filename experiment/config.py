@@ -93,6 +93,14 @@ class Config:
     num_hidden_layers: int = _opt(3, "hidden layers per MLP", ge=1)
     num_conv_filters: int = _opt(16, "filters of the first conv layer, doubled at each further layer", ge=1)
     conv_depth: int = _opt(3, "conv layers in the encoder and decoder", ge=1)
+    image_network: str = _opt(
+        "auto", "the network of image observations: strided, stride-2 4x4 convolutions down to 4x4 and "
+        "transposed ones back up (DreamerV2/V3's, for frames of 16 pixels a side or more); small, "
+        "num_conv_filters x conv_depth 3x3 stride-1 convolutions at full resolution (MinAtar-sized frames); auto, "
+        "strided where the frame's smaller side is at least 16 pixels and it fits (networks.strided_layout), "
+        "else small", choices=("auto", "strided", "small"))
+    cnn_depth: int = _opt(32, "channels of the strided network's first convolution, doubled at each further one "
+                          "(DreamerV3 size S: 32)", ge=1)
     num_steps: int = _opt(5_000_000, "total env steps per seed", ge=1)
     buffer_size: int = _opt(100_000, "replay capacity in env steps per seed", ge=1)
     batch_size: int = _opt(50, "sequences per training batch", ge=1)

@@ -1,6 +1,7 @@
 """Model diagnostics: hand-built sequences with an episode end inside them, a known world model written by
 hand (zero errors, hand-computed returns, masked statistics), and a short run writing the diag_ fields."""
 
+import functools
 import json
 import math
 import os
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from agent.distributions import observation_distribution
 from experiment import cli
 from experiment.config import Config
 from losses_and_evaluation import model_diagnostics, through_first_episode_end
@@ -43,7 +45,8 @@ def known_world_model(reward_head=None, termination_head=None) -> WorldModel:
         prior=lambda params, h: jnp.zeros((*h.shape[:-1], NUM_CLASSES)),  # uniform
         posterior=lambda params, h, embed: 100.0 * jax.nn.one_hot(embed[..., 1].astype(jnp.int32), NUM_CLASSES),
         transition=transition, decode=decode,
-        reward=reward_head or exact_reward, termination=termination_head or exact_termination)
+        reward=reward_head or exact_reward, termination=termination_head or exact_termination,
+        observation=functools.partial(observation_distribution, CONFIG))
 
 
 def always_action_1(params, feat):
