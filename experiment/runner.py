@@ -253,16 +253,21 @@ class Checkpoints:
     header a checkpoint holds besides the state: config, seeds, counters, recent returns, where the records
     file stands, the wandb runs to continue."""
 
-    def __init__(self, path: str | None, config: Config, seed: int, placement: devices.Placement):
+    def __init__(self, path: str | None, config: Config, seed: int, placement: devices.Placement,
+                 records_file: RecordsFile | None, records_before: int, tracker):
         self.path, self.config, self.seed, self.placement = path, config, seed, placement
+        self.records_file, self.tracker = records_file, tracker
+        self.records_before = records_before  # what a checkpoint says of the records without a records file
 
     def due(self, steps: int, size: int, stopping: bool) -> bool:
         period = self.config.checkpoint_frequency
         return bool(self.path) and (stopping or steps == self.config.num_steps
                                     or steps // period > (steps - size) // period)
 
-    def save(self, state: RunState, counters: RunState, returns: list[list[float]], output: dict, tracker) -> None:
-        config, placement = self.config, self.placement
+    def save(self, state: RunState, counters: RunState, returns: list[list[float]]) -> None:
+        config, placement, tracker = self.config, self.placement, self.tracker
+        output = (self.records_file.position() if self.records_file else
+                  output_position(None, 0, self.records_before))
         mine = placement.local_runs(config.num_runs)
         processes = {"processes": {"count": placement.process_count, "index": placement.process_index,
                                    "runs": [mine.start, mine.stop]}} if placement.process_count > 1 else {}
@@ -274,6 +279,30 @@ class Checkpoints:
             "recent_returns": [run_returns[-RETURN_WINDOW:] for run_returns in returns],
             "output": output,
             "wandb": {"group": tracker.group, "run_ids": tracker.run_ids} if tracker else None, **processes})
+
+
+class BlockRunner:
+    """Runs one compiled block and turns what it returns into the block's outputs (outputs.sinks.Block): the
+    records, with the model diagnostics and evaluation episodes where they are due, and the recorded episodes
+    where videos are."""
+
+    def __init__(self, blocks: dict, runs: Runs, placement: devices.Placement, diagnose: Diagnostics | None,
+                 observer: RunObserver | None):
+        self.blocks, self.runs, self.placement = blocks, runs, placement
+        self.diagnose, self.observer = diagnose, observer
+
+    def __call__(self, state: RunState, size: int) -> tuple[RunState, BlockMetrics, RunState, Block]:
+        """(state, this process's metrics, its counters on the host, outputs) after `size` env steps."""
+        start = time.time()
+        state, metrics = self.blocks[size](state)
+        jax.block_until_ready(state)
+        metrics, counters = self.placement.local(metrics), host_counters(state, self.placement)
+        records, returns = block_records(metrics, counters, self.runs, time.time() - start, size)
+        if self.diagnose:
+            self.diagnose.add_to(records, state, counters)
+        recordings = self.observer.after_block(state, records, size) if self.observer else None
+        return state, metrics, counters, Block(int(counters.env_steps[0]), records, returns, recordings,
+                                               [{} for _ in records])
 
 
 def check_faults(metrics: BlockMetrics, state: RunState, counters: RunState, runs: Runs, size: int,
@@ -325,14 +354,14 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
     counters = host_counters(state, placement)
     block_sizes = block_schedule(int(counters.env_steps[0]), config.num_steps, config.eval_frequency)
     blocks, compile_s = compile_blocks(config, agent, envs, state, block_sizes, placement)
-    diagnose = Diagnostics(agent, runs.seeds, placement) if diagnostics else None
     # Evaluation and videos play on environments and keys of their own: they never change the run.
     observer = RunObserver(config, env, agent, runs, video_dir) if config.eval_every or video_dir else None
-    checkpoints = Checkpoints(save_checkpoint, config, seed, placement)
-
+    run_block = BlockRunner(blocks, runs, placement, Diagnostics(agent, runs.seeds, placement) if diagnostics
+                            else None, observer)
     records_file = RecordsFile(output, *((resume.output_bytes, resume.output_records) if resume else ())) \
         if output else None
-    records_before = resume.output_records if resume else 0  # what a checkpoint says without a records file
+    checkpoints = Checkpoints(save_checkpoint, config, seed, placement, records_file,
+                              resume.output_records if resume else 0, tracker)
     sinks = [sink for sink in (
         records_file,
         VideoFiles(video_dir, runs.seeds, runs.variants, env.spec, config.binary_state, DREAM_CONTEXT)
@@ -344,32 +373,22 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
     try:
         with StopSignals(enabled=bool(save_checkpoint)) as stop:
             for size in block_sizes:
-                block_start = time.time()
-                state, metrics = blocks[size](state)
-                jax.block_until_ready(state)
-                metrics, counters = placement.local(metrics), host_counters(state, placement)
-                records, returns = block_records(metrics, counters, runs, time.time() - block_start, size)
-                if diagnose:
-                    diagnose.add_to(records, state, counters)
-                recordings = observer.after_block(state, records, size) if observer else None
-                for run_returns, new in zip(all_returns, returns):
+                state, metrics, counters, block = run_block(state, size)
+                for run_returns, new in zip(all_returns, block.returns):
                     run_returns.extend(new)
-                steps = int(counters.env_steps[0])
-                block = Block(steps, records, returns, recordings, [{} for _ in records])
                 for sink in sinks:
                     sink.write(block)
                 stopping = check_faults(metrics, state, counters, runs, size, stop, placement, save_checkpoint)
-                if checkpoints.due(steps, size, stopping):
-                    position = records_file.position() if records_file else output_position(None, 0, records_before)
-                    checkpoints.save(state, counters, all_returns, position, tracker)
+                if checkpoints.due(block.env_steps, size, stopping):
+                    checkpoints.save(state, counters, all_returns)
                 if stopping:
-                    signal_name = stop.requested or "a signal to another process"
-                    print(f"\nstopped by {signal_name} at env step {steps}; checkpoint saved to {save_checkpoint}; "
-                          f"resume with the same command plus --load_checkpoint {save_checkpoint}", file=sys.stderr)
+                    print(f"\nstopped by {stop.requested or 'a signal to another process'} at env step "
+                          f"{block.env_steps}; checkpoint saved to {save_checkpoint}; resume with the same "
+                          f"command plus --load_checkpoint {save_checkpoint}", file=sys.stderr)
                     break
     finally:
         for sink in sinks:
-            if sink is not tracker and sink is not tensorboard:
+            if sink is not tracker and sink is not tensorboard:  # the caller's to close
                 sink.close()
         envs.close()
         if observer:
