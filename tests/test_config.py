@@ -33,7 +33,8 @@ OWN_DEFAULTS = {"update_seed_batch": 0, "return_normalization": False, "return_s
                 "slow_critic_rate": 0.0, "slow_critic_weight": 0.0, "return_critic": "target",
                 "eval_every": 0, "eval_episodes": 5, "eval_policy": "mode", "eval_max_steps": 10_000,
                 "video_every": 10_000, "video_max_frames": 500, "continuous_actor": "truncated_normal",
-                "actor_min_std": 0.1, "actor_gradient": "auto", "actor_grad_mix": 0.1}
+                "actor_min_std": 0.1, "actor_gradient": "auto", "actor_grad_mix": 0.1, "image_network": "auto",
+                "cnn_depth": 32}
 DEFAULTS = {**REFERENCE, **OWN_DEFAULTS}
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import initialization
+from agent import training_step
 from agent.training_step import NUMERICAL_FAULT
 from agent_environment_interaction_loop import BlockMetrics
 from environments import environment_from_config, seed_environments
@@ -94,7 +94,7 @@ def test_a_faulty_update_keeps_its_seeds_parameters_and_leaves_the_other_seed_al
 
 
 def test_a_non_finite_gradient_of_a_finite_loss_is_a_fault(debug_config, monkeypatch):
-    real_loss = initialization.world_model_loss
+    real_loss = training_step.world_model_loss
 
     def loss_with_nan_gradient(c, wm, params, batch, key):
         loss, aux = real_loss(c, wm, params, batch, key)
@@ -102,7 +102,7 @@ def test_a_non_finite_gradient_of_a_finite_loss_is_a_fault(debug_config, monkeyp
         # adds 0, whose gradient is NaN (sqrt of a negative number behind a `where`)
         return loss + jnp.sum(jnp.where(True, 0.0, jnp.sqrt(-1.0 - leaf**2))), aux
 
-    monkeypatch.setattr(initialization, "world_model_loss", loss_with_nan_gradient)
+    monkeypatch.setattr(training_step, "world_model_loss", loss_with_nan_gradient)
     agent = make_agent(debug_config, environment_from_config(debug_config))
     state = _seed(_trainable_state(debug_config, agent, 1), 0)
     new, metrics = jax.device_get(jax.jit(agent.train_update)(state))
