@@ -1,13 +1,21 @@
 """What a run hands its outputs: after every block, a `Block` of records and media goes to each sink in the run's
 list (records file, videos, wandb, TensorBoard, progress bar). A new output is a new sink; the loop stays as it is."""
 
+import os
 import sys
 from typing import NamedTuple, Protocol
 
 import numpy as np
 from tqdm import tqdm
 
+from experiment.config import variant_name
+
 RETURN_WINDOW = 50  # episodes in the progress bar's and the final summary's mean return
+
+
+def run_folder(directory: str, seed: int, variant: dict) -> str:
+    """The folder of one run's files under `directory`: `seed0`, or `VARIANT-seed0` in a sweep."""
+    return os.path.join(directory, f"{variant_name(variant) + '-' if variant else ''}seed{seed}")
 
 
 class Block(NamedTuple):

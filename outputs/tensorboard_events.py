@@ -1,12 +1,11 @@
 """The TensorBoard sink: each run's records and media as event files written by tensorboardX, one folder per run
 (`seed0`, or `VARIANT-seed0` in a sweep). TensorBoard itself is not needed to write them."""
 
-import os
 import sys
 import time
 from typing import Mapping, Sequence
 
-from outputs.sinks import Block
+from outputs.sinks import Block, run_folder
 from outputs.wandb_runs import numeric_metrics
 
 
@@ -18,12 +17,9 @@ class TensorBoardSink:
     def __init__(self, directory: str, seeds: Sequence[int], variants: Sequence[Mapping[str, float]] | None = None):
         from tensorboardX import SummaryWriter
 
-        from experiment.config import variant_name
-
         variants = variants or [{} for _ in seeds]
         self.directory = directory
-        self.folders = [os.path.join(directory, f"{variant_name(v) + '-' if v else ''}seed{seed}")
-                        for seed, v in zip(seeds, variants)]
+        self.folders = [run_folder(directory, seed, variant) for seed, variant in zip(seeds, variants)]
         self._writers = [SummaryWriter(folder, flush_secs=3600) for folder in self.folders]
 
     def write(self, block: Block) -> None:

@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from outputs.sinks import run_folder
+
 # colours of the channels of a multi-channel observation, in channel order (repeated past ten)
 CHANNEL_COLOURS = np.array([
     (0.90, 0.10, 0.10), (0.10, 0.60, 1.00), (0.20, 0.85, 0.20), (1.00, 0.80, 0.10), (0.80, 0.30, 0.90),
@@ -174,11 +176,8 @@ class VideoFiles:
     media for the sinks after it (wandb, TensorBoard)."""
 
     def __init__(self, folder: str, seeds, variants, spec, binary: bool, context: int):
-        from experiment.config import variant_name
-
         self.spec, self.binary, self.context = spec, binary, context
-        self.folders = [os.path.join(folder, f"{variant_name(v) + '-' if v else ''}seed{seed}")
-                        for seed, v in zip(seeds, variants)]
+        self.folders = [run_folder(folder, seed, variant) for seed, variant in zip(seeds, variants)]
 
     def write(self, block) -> None:
         for folder, media, recorded in zip(self.folders, block.media, block.recordings or []):
