@@ -7,6 +7,7 @@ all seeds' environments at once. The families live in envs/, each over the proto
 | brax_env | envs/brax_envs.py (optional install) | inside the compiled loop |
 | craftax_env | envs/craftax_envs.py (optional install) | inside the compiled loop |
 | open_grid_env | envs/grid_world.py | inside the compiled loop |
+| atari_env | envs/atari_envs.py (optional install) | one envpool pool of all seeds' games, in or out of the loop |
 | gymnasium_env, gym_env | envs/gym_envs.py | on the host, one object per seed |
 """
 
@@ -31,8 +32,14 @@ def _make_craftax(env_name: str):
     return CraftaxEnvironment(env_name)
 
 
+def _make_atari(env_name: str, **settings):
+    from envs.atari_envs import AtariEnvironment  # imports the optional envpool package, if installed
+    return AtariEnvironment(env_name, **settings)
+
+
 _FAMILIES = {"gymnax_env": GymnaxEnvironment, "open_grid_env": make_open_grid, "brax_env": _make_brax,
              "craftax_env": _make_craftax}
+_POOL_FAMILIES = {"atari_env": _make_atari}  # they check their env_config keys themselves
 
 
 def make_environment(environment: str, env_name: str, env_kwargs: dict | None = None):
@@ -46,8 +53,10 @@ def make_environment(environment: str, env_name: str, env_kwargs: dict | None = 
     env_kwargs = dict(env_kwargs or {})
     if environment in PYTHON_FAMILIES:
         return PythonEnvironmentFamily(environment, env_name, env_kwargs)
+    if environment in _POOL_FAMILIES:
+        return _POOL_FAMILIES[environment](env_name, **env_kwargs)
     if environment not in _FAMILIES:
-        valid = ", ".join(f"'{name}'" for name in [*_FAMILIES, *PYTHON_FAMILIES])
+        valid = ", ".join(f"'{name}'" for name in [*_FAMILIES, *_POOL_FAMILIES, *PYTHON_FAMILIES])
         raise ConfigError(f"unknown environment '{environment}', choose one of {valid}")
     extra = sorted(set(env_kwargs) - set(JAX_FAMILY_KEYS.get(environment, ())))
     if extra:
@@ -65,7 +74,10 @@ def environment_from_config(config):
 def seed_environments(env, seeds: Sequence[int], jax_env: bool, placement=None):
     """The loop's environments for these seeds: the JAX env vmapped (jax_env), else one Python object per
     seed (gymnasium/gym instances seeded from their seed, or the JAX env wrapped as a Python object). With a
-    `placement` of several processes (devices.Placement), `seeds` are this process's runs'."""
+    `placement` of several processes (devices.Placement), `seeds` are this process's runs'. A pool family
+    (atari_env) gives one pool of all seeds' games, stepped inside the compiled loop (jax_env) or from Python."""
+    if getattr(env, "is_pool", False):
+        return env.pool(seeds, compiled=jax_env, placement=placement)
     if jax_env:
         return VmappedEnvironments(env)
     hooks = (placement.local, placement.put) if placement is not None and placement.process_count > 1 else ()

@@ -6,13 +6,16 @@ the same environment.
     python3 bench/learning.py --list                                   # the tasks, their configs and thresholds
     python3 bench/learning.py                                          # every task, default steps and seeds
     python3 bench/learning.py --tasks catch,cartpole-gymnax --seeds 4 --steps 5000
+    python3 bench/learning.py --tasks atari-pong --config configs/dreamerv3_atari100k.json --steps 100000 --seeds 5
 
 Per task: the random policy's mean return, each seed's final return (mean over its last `window` completed
 episodes), their mean, their interquartile mean (IQM) with a 95% percentile bootstrap CI over seeds, the
-fraction of seeds whose final return reaches the task's threshold, env steps and wall time. stdout holds one
-JSON object (as every bench script's); the same object goes to OUT/results.json, and a Markdown table of it to
-OUT/results.md and stderr, followed by the plot_metric.py commands that draw each task's learning curve from
-its JSON-lines records, OUT/<task>.jsonl (experiment.runner.run's output, the run scripts' `-o` format).
+fraction of seeds whose final return reaches the task's threshold, env steps and wall time, speed and memory.
+An Atari task adds each seed's final evaluation return and its human-normalised score, and the report their mean
+and median over the Atari tasks run (atari_summary). stdout holds one JSON object (as every bench script's); the
+same object goes to OUT/results.json, and a Markdown table of it to OUT/results.md and stderr, followed by the
+plot_metric.py commands that draw each task's learning curve from its JSON-lines records, OUT/<task>.jsonl
+(experiment.runner.run's output, the run scripts' `-o` format).
 """
 
 import argparse
@@ -30,6 +33,7 @@ from scipy.stats import trim_mean
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from envs.atari_scores import human_normalized, reference_scores  # noqa: E402
 from experiment import cli  # noqa: E402
 from experiment.config import Config, ConfigError, load_config  # noqa: E402
 from outputs.plot_metric import bootstrap_ci  # noqa: E402
@@ -47,6 +51,14 @@ class Task:
     threshold: float  # a seed has learned the task when its final return is at least this (see above_random)
     window: int  # episodes: a seed's final return is the mean over its last `window` completed episodes
     above_random: bool = False  # threshold is a margin over the random policy's measured return
+
+
+def atari_task(game: str, margin: float, window: int) -> Task:
+    """A game of the Atari 100k set on DreamerV3's CPU-size Atari preset, learned when its final return is
+    `margin` above the game's standard random score (envs/atari_scores.py): the measured random policy
+    completes few of these long episodes."""
+    return Task("configs/dreamerv3_atari100k_small.json", (f"env_config.env_name={game}",), steps=30_000, seeds=2,
+                threshold=reference_scores(game).random + margin, window=window)
 
 
 # The suite, one entry per task: add or tune tasks here, nothing else reads task settings (--list prints them).
@@ -82,7 +94,14 @@ TASKS: dict[str, Task] = {
     # requirements-craftax.txt). The random policy's episodes last about 150 steps.
     "craftax-classic-symbolic": Task("configs/craftax_classic_symbolic.json", (), steps=50_000, seeds=2,
                                      threshold=1.0, window=10, above_random=True),
+    # Atari through envpool at the Atari 100k settings (needs requirements-atari.txt): Pong, and two games whose
+    # return rises early for data-efficient agents. Each also gets the Atari score: its final evaluation,
+    # human-normalised (atari_score below).
+    "atari-pong": atari_task("Pong", margin=2.0, window=10),
+    "atari-boxing": atari_task("Boxing", margin=5.0, window=5),
+    "atari-krull": atari_task("Krull", margin=1000.0, window=5),
 }
+ATARI = "atari_env"  # the environment of the tasks scored against the Atari reference scores
 
 RANDOM_POLICY_ENVS = 64  # environments stepped side by side by the random policy
 RANDOM_POLICY_STEPS = 1_000  # env steps of each of them; episodes still running at the end are not counted
@@ -122,20 +141,36 @@ def selected_tasks(names: str | None) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
-def task_configs(names: Sequence[str], steps: int | None, seeds: int | None,
-                 extra: Sequence[str]) -> dict[str, Config]:
-    """Each task's config with the command line's steps and seeds, then its --set overrides; a mistake raises
-    ConfigError naming the task. Reads no environment: nothing here imports JAX."""
+def task_configs(names: Sequence[str], steps: int | None, seeds: int | None, extra: Sequence[str],
+                 config_file: str | None = None) -> dict[str, Config]:
+    """Each task's config (its own file, or `config_file` for every task) with the task's overrides, the
+    command line's steps and seeds, then its --set overrides; a mistake raises ConfigError naming the task.
+    Reads no environment: nothing here imports JAX."""
     configs = {}
     for name in names:
         task = TASKS[name]
         overrides = [*task.overrides, f"num_steps={steps or task.steps}", f"num_seeds={seeds or task.seeds}",
                      *extra]
         try:
-            configs[name] = load_config(os.path.join(ROOT, task.config), overrides)
+            configs[name] = load_config(config_file or os.path.join(ROOT, task.config), overrides)
+            if configs[name].environment == ATARI:
+                check_atari_scoring(configs[name])
         except ConfigError as error:
             raise ConfigError(f"task '{name}': {error}") from None
     return configs
+
+
+def check_atari_scoring(config: Config) -> None:
+    """An Atari task's score is the evaluation that ends its run: ConfigError where the game has no reference
+    scores or no evaluation falls on the run's last env step."""
+    try:
+        reference_scores(config.env_config.env_name)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if not config.eval_every or config.num_steps % config.eval_every:
+        raise ConfigError(f"its Atari score is the evaluation at the end of the run, so num_steps "
+                          f"({config.num_steps}) must be a multiple of eval_every ({config.eval_every}); add "
+                          f"--set eval_every={config.num_steps}")
 
 
 def checked_environments(configs: dict[str, Config]) -> dict:
@@ -190,6 +225,52 @@ def seed_statistics(finals: list[float | None], threshold: float) -> dict:
             "iqm": float(interquartile_mean(values)) if len(values) else None,
             "iqm_ci": list(iqm_bootstrap_ci(values) or []) or None,
             "successes": successes, "success_fraction": successes / len(finals), "notes": notes}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Atari scores: each seed's final evaluation, human-normalised with the standard random and human scores
+# (envs/atari_scores.py), and their mean and median over the Atari tasks, as Atari 100k results are reported.
+
+def final_evaluations(records: Sequence[dict], seeds: Sequence[int]) -> list[dict | None]:
+    """Each seed's last evaluation in a run's records (its JSON lines, a record per seed per block):
+    {"eval_return", "env_steps"}, the return None where no evaluation episode finished; None for a seed that was
+    never evaluated."""
+    last = {}
+    for record in records:
+        if "eval_return" in record:
+            last[record["seed"]] = {"eval_return": record["eval_return"], "env_steps": record["env_steps"]}
+    return [last.get(seed) for seed in seeds]
+
+
+def atari_score(game: str, seeds: Sequence[int], evaluations: Sequence[dict | None]) -> dict:
+    """One Atari task's score: per seed (in `seeds` order) its final evaluation return and that return
+    human-normalised, their mean over the seeds that have one, and a note naming the seeds without one."""
+    returns = [evaluation["eval_return"] if evaluation else None for evaluation in evaluations]
+    normalized = [None if value is None else human_normalized(game, value) for value in returns]
+    scored = [value for value in normalized if value is not None]
+    missing = [str(seed) for seed, value in zip(seeds, returns) if value is None]
+    random, human = reference_scores(game)
+    return {"game": game, "random_score": random, "human_score": human, "eval_returns": returns,
+            "eval_env_steps": [evaluation["env_steps"] if evaluation else None for evaluation in evaluations],
+            "human_normalized": normalized, "mean_human_normalized": float(np.mean(scored)) if scored else None,
+            "notes": [f"seed(s) {', '.join(missing)} have no final evaluation return (no evaluation episode "
+                      "finished within eval_max_steps)"] if missing else []}
+
+
+def atari_summary(results: Sequence[dict]) -> dict | None:
+    """Over the Atari tasks of a run (the results with an `atari` score, atari_score): the mean and the median of
+    each task's mean human-normalised score over its seeds, as Atari 100k aggregates over games; None where no
+    Atari task ran. A task none of whose seeds has a score is listed in `unscored` and left out."""
+    atari = {r["task"]: r["atari"] for r in results if r.get("atari")}
+    if not atari:
+        return None
+    per_task = {task: score["mean_human_normalized"] for task, score in atari.items()}
+    values = [value for value in per_task.values() if value is not None]
+    return {"tasks": len(per_task), "games": {task: score["game"] for task, score in atari.items()},
+            "per_task_human_normalized": per_task,
+            "mean_human_normalized": float(np.mean(values)) if values else None,
+            "median_human_normalized": float(np.median(values)) if values else None,
+            "unscored": [task for task, value in per_task.items() if value is None]}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -249,7 +330,11 @@ def random_policy_return(env, num_envs: int = RANDOM_POLICY_ENVS, steps: int = R
 
 def run_task(name: str, task: Task, config: Config, env, random_policy: dict, out_dir: str, progress: bool,
              diagnostics: bool) -> dict:
-    """Trains the task's seeds (records to OUT/<name>.jsonl) and summarises them against the random policy."""
+    """Trains the task's seeds (records to OUT/<name>.jsonl) and summarises them against the random policy, with
+    the speed and memory of the run and, for an Atari task, its score (atari_score)."""
+    import jax
+
+    from agent_environment_interaction_loop import device_memory_stats
     from experiment.runner import run
 
     output = os.path.join(out_dir, f"{name}.jsonl")
@@ -266,7 +351,15 @@ def run_task(name: str, task: Task, config: Config, env, random_policy: dict, ou
     if short:
         statistics["notes"].append(f"seed(s) {', '.join(map(str, short))} completed fewer than {task.window} "
                                    "episodes: their final return averages all they completed")
-    state = result["state"]
+    atari = None
+    if config.environment == ATARI:
+        with open(output, encoding="utf-8") as file:
+            records = [json.loads(line) for line in file]
+        seeds = result["runs"].seeds
+        atari = atari_score(config.env_config.env_name, seeds, final_evaluations(records, seeds))
+        statistics["notes"].extend(atari.pop("notes"))
+    state, runs = result["state"], len(returns)
+    device_peak = device_memory_stats().get("peak_bytes_in_use")  # None on CPU
     return {
         "task": name, "config": task.config, "overrides": list(task.overrides),
         "env": config.env_config.env_name, "environment": config.environment, "jax_env": config.jax_env,
@@ -277,7 +370,11 @@ def run_task(name: str, task: Task, config: Config, env, random_policy: dict, ou
         "env_steps_per_seed": int(state.env_steps[0]), "env_steps": int(np.sum(state.env_steps)),
         "updates_per_seed": int(state.updates[0]),
         "wall_s": wall_s, "compile_s": result["compile_s"], "run_s": result["run_s"],
-        "output": output,
+        "env_steps_per_s": int(np.sum(state.env_steps)) / max(result["run_s"], 1e-9),  # all seeds, evaluation in
+        "state_bytes_per_seed": sum(leaf.nbytes for leaf in jax.tree.leaves(state)) // runs,
+        "replay_bytes_per_seed": sum(leaf.nbytes for leaf in jax.tree.leaves(state.replay)) // runs,
+        "device_peak_bytes": device_peak, "device_peak_bytes_per_seed": device_peak // runs if device_peak else None,
+        "atari": atari, "output": output,
     }
 
 
@@ -300,7 +397,35 @@ def markdown_table(results: Sequence[dict]) -> str:
                      f"| {_number(r['mean'])} | {iqm} | {threshold} | {r['seeds']} × {r['env_steps_per_seed']:,} "
                      f"| {r['wall_s']:.0f} s |")
     notes = [f"{r['task']}: {note}" for r in results for note in r["notes"]]
-    return "\n".join(lines + ([""] + [f"- {note}" for note in notes] if notes else []))
+    return "\n".join(lines + ([""] + [f"- {note}" for note in notes] if notes else []) + atari_table(results))
+
+
+def _megabytes(value) -> str:
+    return "–" if value is None else f"{value / 2**20:,.0f} MB"
+
+
+def atari_table(results: Sequence[dict]) -> list[str]:
+    """The Atari tasks' scores as Markdown lines (none where no Atari task ran): a row per task with each seed's
+    final evaluation return and human-normalised score, then their mean and median over the tasks."""
+    summary = atari_summary(results)
+    if summary is None:
+        return []
+    lines = ["", "| task | game: random, human | final evaluation return per seed | human-normalised per seed "
+             "| mean | env steps/s | device peak per seed |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        if not r.get("atari"):
+            continue
+        a = r["atari"]
+        lines.append(f"| {r['task']} | {a['game']}: {a['random_score']:g}, {a['human_score']:g} "
+                     f"| {' '.join(_number(value) for value in a['eval_returns'])} "
+                     f"| {' '.join(_number(value) for value in a['human_normalized'])} "
+                     f"| {_number(a['mean_human_normalized'])} | {r['env_steps_per_s']:.3g} "
+                     f"| {_megabytes(r['device_peak_bytes_per_seed'])} |")
+    unscored = f"; no score: {', '.join(summary['unscored'])}" if summary["unscored"] else ""
+    lines += ["", f"Atari, {summary['tasks']} task(s): human-normalised score mean "
+              f"{_number(summary['mean_human_normalized'])}, median {_number(summary['median_human_normalized'])} "
+              f"(of each task's mean over its seeds){unscored}"]
+    return lines
 
 
 def _shown_path(path: str) -> str:
@@ -331,7 +456,7 @@ def write_report(results: Sequence[dict], overrides: Sequence[str], out_dir: str
                                 "seed": RANDOM_POLICY_SEED},
               "bootstrap": {"statistic": "iqm", "resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED,
                             "confidence": CONFIDENCE},
-              "plot_commands": plot_commands(results, out_dir), "machine": machine}
+              "atari": atari_summary(results), "plot_commands": plot_commands(results, out_dir), "machine": machine}
     table = markdown_table(results)
     with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as file:
         json.dump(report, file, indent=2)
@@ -349,6 +474,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="env steps per seed (default: the task's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key of every task run (repeatable)")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="run every selected task from this config file instead of its own, with the task's "
+                             "overrides, steps and seeds (e.g. an Atari task at the full Atari 100k preset)")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="folder for each task's records (<task>.jsonl, overwritten) and results.json / "
                              "results.md (default bench/runs/learning/<timestamp>)")
@@ -366,7 +494,9 @@ def main(argv=None):
     for flag, value in (("--seeds", args.seeds), ("--steps", args.steps)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
-    configs = task_configs(selected_tasks(args.tasks), args.steps, args.seeds, args.set)
+    configs = task_configs(selected_tasks(args.tasks), args.steps, args.seeds, args.set, args.config)
+    tasks = {name: dataclasses.replace(TASKS[name], config=args.config) if args.config else TASKS[name]
+             for name in configs}
     out_dir = args.out or os.path.join(ROOT, "bench", "runs", "learning", time.strftime("%Y%m%d-%H%M%S"))
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ConfigError(f"--out {out_dir!r} is a file; it must name a folder")
@@ -384,7 +514,7 @@ def main(argv=None):
         if env_id not in randoms:  # tasks on the same environment share its measurement
             randoms[env_id] = random_policy_return(env)
         try:
-            results.append(run_task(name, TASKS[name], config, env, randoms[env_id], out_dir,
+            results.append(run_task(name, tasks[name], config, env, randoms[env_id], out_dir,
                                     progress=not args.no_progress, diagnostics=not args.no_diagnostics))
         except NumericalFault as fault:  # the tasks finished before it stay in OUT/results.json
             print(f"error: task {name!r}: {fault}", file=sys.stderr)

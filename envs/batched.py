@@ -38,6 +38,8 @@ class JaxAsPythonEnvironment:
 class VmappedEnvironments:
     """A JAX environment vmapped over seeds: traceable, so the whole block compiles."""
 
+    restarts_on_resume = False  # the env state is part of the checkpointed run state
+
     def __init__(self, env: JaxEnvironment):
         self.spec = env.spec
         self.reset = jax.vmap(env.reset)
@@ -66,12 +68,19 @@ class PythonEnvironments:
     process's runs: `to_host` takes step's keys and actions to this process's host arrays and `from_host` puts
     its results back (devices.Placement.local and .put); by default both leave the arrays as they are."""
 
+    restarts_on_resume = True  # the objects cannot be checkpointed: each seed starts a new episode
+
     def __init__(self, envs: Sequence[PythonEnvironment], to_host: Callable = None, from_host: Callable = None):
         self.envs, self.spec = list(envs), envs[0].spec
         self._placeholder = np.zeros(len(self.envs), np.int32)
         self._needs_keys = any(isinstance(env, JaxAsPythonEnvironment) for env in self.envs)
         self._to_host, self._from_host = to_host or (lambda x: x), from_host or (lambda x: x)
         self.episode_statistics = _no_statistics  # a Python environment's episodes report none
+
+    def reseed(self, seeds: Sequence[int]):
+        """Seeds each object's next reset (a resumed run's fresh episodes)."""
+        for env, seed in zip(self.envs, seeds):
+            env.reseed(seed)
 
     def _keys(self, keys):
         return list(keys) if self._needs_keys else [None] * len(self.envs)

@@ -14,6 +14,9 @@ JAX_FAMILIES = ("gymnax_env", "open_grid_env", "brax_env", "craftax_env")  # wri
 # steps and the physics steps per action)
 JAX_FAMILY_KEYS = {"brax_env": ("episode_length", "action_repeat")}
 PYTHON_FAMILIES = ("gymnasium_env", "gym_env")  # Python objects, stepped between the agent's jitted pieces
+# A pool of games stepped in C++ threads, inside the compiled loop (jax_env) or from Python; its env_config keys
+# are checked by envs/atari_envs.py
+POOL_FAMILIES = ("atari_env",)
 
 
 class ConfigError(Exception):
@@ -156,7 +159,7 @@ class Config:
         "model's zero start state, which the termination head can learn instead of the states that end episodes")
     no_conv: bool = _opt(False, "use MLP encoder and decoder even for image observations")
     latent_type: str = _opt("categorical", "distribution of the latent variables", choices=("categorical", "gaussian"))
-    environment: str = _opt("gymnax_env", "environment family", choices=JAX_FAMILIES + PYTHON_FAMILIES)
+    environment: str = _opt("gymnax_env", "environment family", choices=JAX_FAMILIES + POOL_FAMILIES + PYTHON_FAMILIES)
     binary_state: bool = _opt(True, "observations are 0/1: Bernoulli likelihood and compact replay storage")
     jax_env: bool = _opt(True, "run the whole loop compiled (JAX environments only); false steps the "
                          "environments in Python between the agent's jitted pieces")

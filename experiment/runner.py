@@ -23,7 +23,7 @@ from outputs.sinks import RETURN_WINDOW, Block, ProgressBar
 from outputs.tensorboard_events import TensorBoardSink
 from outputs.videos import VideoFiles
 from outputs.wandb_runs import Tracker, make_group_name
-from runtime import checkpoint, devices
+from runtime import checkpoint, devices, memory
 from runtime.signals import StopSignals
 
 DIAGNOSTICS_KEY_TAG = 0xD1A6  # folded into each seed's PRNGKey(seed) to draw the diagnostic sequences
@@ -104,16 +104,16 @@ def state_shapes(config: Config, agent, envs) -> RunState:
                           run_hparams(runs_of(config, 0).variants))
 
 
-def restart_python_episodes(state: RunState, envs, seeds: list[int]) -> RunState:
-    """After a resume with environments stepped in Python: their objects cannot be checkpointed, so each
-    seed starts a fresh episode (seeded from its seed and the step count) and its RSSM carry restarts."""
+def restart_episodes(state: RunState, envs, seeds: list[int]) -> RunState:
+    """After a resume with environments whose state lives outside the run state (Python objects, a pool of
+    games): a checkpoint cannot hold them, so each seed starts a fresh episode (seeded from its seed and the
+    step count) and its RSSM carry restarts."""
     steps = int(state.env_steps[0])
-    for env, seed in zip(envs.envs, seeds):
-        env.reseed(int(np.random.SeedSequence([seed, steps]).generate_state(1)[0]))
+    envs.reseed([int(np.random.SeedSequence([seed, steps]).generate_state(1)[0]) for seed in seeds])
     env_keys = jax.vmap(jax.random.fold_in, (0, None))(state.key, steps)
     env_state, obs = envs.reset(env_keys)
-    return state._replace(env_state=jnp.asarray(env_state), obs=jnp.asarray(obs), rssm_h=jnp.zeros_like(state.rssm_h),
-                          episode_return=jnp.zeros_like(state.episode_return))
+    return state._replace(env_state=jax.tree.map(jnp.asarray, env_state), obs=jnp.asarray(obs),
+                          rssm_h=jnp.zeros_like(state.rssm_h), episode_return=jnp.zeros_like(state.episode_return))
 
 
 def block_schedule(start_steps: int, num_steps: int, eval_frequency: int) -> list[int]:
@@ -346,7 +346,7 @@ def run(config: Config, env, seed: int, output: str | None, progress: bool = Tru
     runs = local_runs(config, seed, placement)
     envs = seed_environments(env, runs.seeds, config.jax_env, placement)
     if resume:
-        state = resume.state if config.jax_env else restart_python_episodes(resume.state, envs, runs.seeds)
+        state = restart_episodes(resume.state, envs, runs.seeds) if envs.restarts_on_resume else resume.state
         state = placement.put(state)
     else:
         state = initial_state(config, agent, envs, seed, placement)
@@ -462,8 +462,8 @@ def run_command(args: argparse.Namespace, config: Config) -> int:
 def checked_start(args: argparse.Namespace, config: Config, placement: devices.Placement, output: str | None,
                   save_path: str | None) -> tuple[object, checkpoint.Resume | None]:
     """(environment, resume or None) of a command line, after every check that can refuse it before anything
-    is written: the environment and its observations, the output paths, and the checkpoint to resume. Raises
-    ConfigError or CheckpointError with one sentence."""
+    is written: the environment and its observations, the output paths, whether the runs' state fits in memory
+    (runtime.memory), and the checkpoint to resume. Raises ConfigError or CheckpointError with one sentence."""
     placement.check(config)
     env = environment_from_config(config)
     check_observations(config, env)
@@ -477,6 +477,9 @@ def checked_start(args: argparse.Namespace, config: Config, placement: devices.P
     if placement.process_count > 1 and (config.eval_every or video_folder(args) or args.tensorboard):
         raise ConfigError("evaluation, videos and TensorBoard run in a single process for now; turn off "
                           "eval_every, --video and --tensorboard to run on several processes")
+    one_run, one_env = memory.one_run(config), seed_environments(env, [0], config.jax_env)
+    memory.check_fits(config, state_shapes(one_run, make_agent(one_run, env), one_env), placement)
+    one_env.close()
     load_path = devices.checkpoint_to_load(args.load_checkpoint, placement) if args.load_checkpoint else None
     if args.load_checkpoint and not load_path:
         devices.warn_process(f"warning: checkpoint {args.load_checkpoint!r} does not exist; starting a fresh run",

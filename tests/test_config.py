@@ -159,7 +159,8 @@ def test_top_level_must_be_an_object(tmp_path):
     ({"activation": "swish"}, ["activation must be one of elu, relu, silu, gelu, tanh, got 'swish'"]),
     ({"latent_type": "beta"}, ["latent_type must be one of categorical, gaussian"]),
     ({"environment": "atari"},
-     ["environment must be one of gymnax_env, open_grid_env, brax_env, craftax_env, gymnasium_env, gym_env"]),
+     ["environment must be one of gymnax_env, open_grid_env, brax_env, craftax_env, atari_env, gymnasium_env, "
+      "gym_env"]),
     ({"buffer_size": 10}, ["buffer_size must be >= sequence_length (50), got 10"]),
     ({"training_start_time": 10}, ["training_start_time must be >= sequence_length (50), got 10"]),
     ({"environment": "gymnasium_env"}, ["environment gymnasium_env is not written in JAX, so jax_env must be false"]),

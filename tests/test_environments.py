@@ -116,7 +116,7 @@ def test_open_grid_observation_marks_agent_and_goal():
 
 
 @pytest.mark.parametrize("environment, env_name, expected", [
-    ("atari_env", "Pong", ["'atari_env'", "'gymnax_env'", "'open_grid_env'"]),
+    ("mujoco_env", "Pong", ["'mujoco_env'", "'gymnax_env'", "'atari_env'"]),
     ("gymnax_env", "Breakout", ["'Breakout'", "not a registered gymnax environment", "'Breakout-MinAtar'",
                                 "gymnax.registered_envs"]),
     ("open_grid_env", "ClosedGrid", ["'ClosedGrid'", "'OpenGrid'"]),
