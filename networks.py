@@ -129,6 +129,7 @@ def uses_conv(config: Config, obs_shape: tuple[int, ...]) -> bool:
 
 STRIDED_MIN_SIDE = 16  # image_network auto: frames with a smaller side take the small 3x3 stack
 STRIDED_FINAL_SIDE = 4  # the strided encoder stops at a 4x4 map (DreamerV3's minres)
+STRIDED_KERNEL = 4  # DreamerV2/V3: 4x4 kernels of stride 2
 
 
 def strided_layout(obs_shape: tuple[int, ...]) -> tuple[int, int]:
@@ -179,6 +180,97 @@ def pixel_frames(config: Config, obs_shape: tuple[int, ...], obs_dtype) -> bool:
             and not config.binary_state)
 
 
+# XLA:CPU runs a convolution's gradients in the canonical layout (NHWC frames, HWIO kernel) it rewrites them to at
+# the top level of a program, but not inside a loop body, where they fall back to a naive loop: in the training
+# update inside the compiled block (a lax.scan), a 4x4 stride-2 layer's weight gradient took 18x its time outside.
+# So the strided network's convolutions compute both gradients as those canonical convolutions themselves, with
+# the same results (bench/results.md, "Convolutions inside the loop").
+_CANONICAL = ("NHWC", "HWIO", "NHWC")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def conv2d(x, w, strides: tuple, padding: tuple, lhs_dilation: tuple, kernel_spec: str):
+    """lax.conv_general_dilated on NHWC frames with an HWIO or HWOI kernel (hk.Conv2D's and hk.Conv2DTranspose's
+    layouts), whose gradients are canonical convolutions (conv2d_input_gradient, conv2d_weight_gradient)."""
+    return jax.lax.conv_general_dilated(x, w, strides, padding, lhs_dilation=lhs_dilation,
+                                        dimension_numbers=("NHWC", kernel_spec, "NHWC"))
+
+
+def _conv2d_forward(x, w, strides, padding, lhs_dilation, kernel_spec):
+    return conv2d(x, w, strides, padding, lhs_dilation, kernel_spec), (x, w)
+
+
+def _conv2d_backward(strides, padding, lhs_dilation, kernel_spec, residuals, dy):
+    x, w = residuals
+    hwio = w if kernel_spec == "HWIO" else w.transpose(0, 1, 3, 2)
+    dx = conv2d_input_gradient(dy, hwio, x.shape[1:3], strides, padding, lhs_dilation)
+    dw = conv2d_weight_gradient(x, dy, w.shape[:2], strides, padding, lhs_dilation)
+    return dx, dw if kernel_spec == "HWIO" else dw.transpose(0, 1, 3, 2)
+
+
+conv2d.defvjp(_conv2d_forward, _conv2d_backward)
+
+
+def _dilated(size: int, dilation: int) -> int:
+    return 0 if size == 0 else 1 + dilation * (size - 1)
+
+
+def conv2d_input_gradient(dy, w, size: tuple, strides, padding, lhs_dilation):
+    """dx [N, H, W, C] of a convolution of x [N, H, W, C] by w [kh, kw, C, O] (HWIO) giving dy [N, H', W', O]:
+    dy convolved with w flipped in space and read O -> C, the roles of the strides and the input dilation
+    swapped, as jax.lax's own transpose does, with the kernel laid out HWIO."""
+    pads = []
+    for n, k, s, d, (low, _), m in zip(size, w.shape[:2], strides, lhs_dilation, padding, dy.shape[1:3]):
+        before = k - low - 1
+        pads.append((before, _dilated(n, d) + k - 1 - _dilated(m, s) - before))
+    flipped = w[::-1, ::-1].transpose(0, 1, 3, 2)  # [kh, kw, O, C]
+    return jax.lax.conv_general_dilated(dy, flipped, lhs_dilation, pads, lhs_dilation=strides,
+                                        dimension_numbers=_CANONICAL)
+
+
+def conv2d_weight_gradient(x, dy, kernel: tuple, strides, padding, lhs_dilation):
+    """dw[a, b, c, o] = sum over n, i, j of x~[n, s*i + a, s*j + b, c] * dy[n, i, j, o] (x~: x dilated and padded as
+    the convolution did, s: its strides) -> [kh, kw, C, O]: one convolution in the canonical layout, the frames'
+    channels as its batch and the frames as its features, the strides as its kernel's dilation."""
+    channels_first = x.transpose(3, 1, 2, 0)  # [C, H, W, N]
+    out_as_kernel = dy.transpose(1, 2, 0, 3)  # [H', W', N, O]
+    dw = jax.lax.conv_general_dilated(channels_first, out_as_kernel, (1, 1), padding, lhs_dilation=lhs_dilation,
+                                      rhs_dilation=strides, dimension_numbers=_CANONICAL)
+    return dw[:, :kernel[0], :kernel[1]].transpose(1, 2, 0, 3)
+
+
+class StridedConv(hk.Module):
+    """hk.Conv2D(channels, 4, stride=2, padding="SAME") or, `transpose`d, hk.Conv2DTranspose with the same
+    arguments: the same parameters (names, shapes, initialisation) and outputs, through conv2d."""
+
+    def __init__(self, channels: int, transpose: bool = False, with_bias: bool = True):
+        super().__init__(name="conv2_d_transpose" if transpose else "conv2_d")
+        self.channels, self.transpose, self.with_bias = channels, transpose, with_bias
+
+    def __call__(self, x):
+        kernel, stride = STRIDED_KERNEL, 2
+        fan_in = kernel * kernel * x.shape[-1]
+        shape = (kernel, kernel) + ((self.channels, x.shape[-1]) if self.transpose else (x.shape[-1], self.channels))
+        w = hk.get_parameter("w", shape, x.dtype, init=hk.initializers.TruncatedNormal(stddev=1.0 / np.sqrt(fan_in)))
+        if self.transpose:  # lax.conv_transpose's SAME padding: the frame dilated by the stride, padded 2 each side
+            pad = (kernel + stride - 2 + 1) // 2
+            out = conv2d(x, w, (1, 1), ((pad, pad), (pad, pad)), (stride, stride), "HWOI")
+        else:
+            out = conv2d(x, w, (stride, stride), _same_padding(x.shape[1:3], kernel, stride), (1, 1), "HWIO")
+        if self.with_bias:
+            out = out + hk.get_parameter("b", (self.channels,), x.dtype, init=jnp.zeros)
+        return out
+
+
+def _same_padding(size: tuple, kernel: int, stride: int) -> tuple:
+    """lax's SAME padding of a strided convolution, per spatial axis: (before, after)."""
+    pads = []
+    for n in size:
+        total = max((-(-n // stride) - 1) * stride + kernel - n, 0)
+        pads.append((total // 2, total - total // 2))
+    return tuple(pads)
+
+
 class StridedEncoder(hk.Module):
     """DreamerV2/V3's image encoder: frames [N, H, W, C] (float) -> [N, 16 * depth * 2^(stages-1)].
     Each stage is a 4x4 convolution of stride 2 (SAME padding) that halves the frame and doubles the channels,
@@ -193,7 +285,7 @@ class StridedEncoder(hk.Module):
         side, stages = strided_layout(frames.shape[1:])
         x = jnp.pad(frames, ((0, 0), (0, side - frames.shape[1]), (0, side - frames.shape[2]), (0, 0)))
         for i in range(stages):  # [N, side / 2^(i+1), side / 2^(i+1), depth * 2^i]
-            x = hk.Conv2D(self.depth * 2**i, 4, stride=2, padding="SAME", with_bias=not self.norm)(x)
+            x = StridedConv(self.depth * 2**i, with_bias=not self.norm)(x)
             x = self.activation(layer_norm(x) if self.norm else x)
         return x.reshape(x.shape[0], -1)
 
@@ -213,9 +305,9 @@ class StridedDecoder(hk.Module):
         top = self.depth * 2 ** (stages - 1)
         x = hk.Linear(STRIDED_FINAL_SIDE**2 * top)(feat).reshape(-1, STRIDED_FINAL_SIDE, STRIDED_FINAL_SIDE, top)
         for i in reversed(range(stages - 1)):  # [N, 4 * 2^(stages-1-i), ..., depth * 2^i]
-            x = hk.Conv2DTranspose(self.depth * 2**i, 4, stride=2, padding="SAME", with_bias=not self.norm)(x)
+            x = StridedConv(self.depth * 2**i, transpose=True, with_bias=not self.norm)(x)
             x = self.activation(layer_norm(x) if self.norm else x)
-        x = hk.Conv2DTranspose(channels, 4, stride=2, padding="SAME")(x)  # [N, side, side, C]
+        x = StridedConv(channels, transpose=True)(x)  # [N, side, side, C]
         return x[:, :height, :width]
 
 

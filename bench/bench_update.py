@@ -31,7 +31,7 @@ from bench_loop import machine_info  # noqa: E402  (this folder is on sys.path w
 
 from agent.distributions import latents  # noqa: E402
 from agent_environment_interaction_loop import compiler_options  # noqa: E402
-from environments import environment_from_config  # noqa: E402
+from environments import environment_from_config, seed_environments  # noqa: E402
 from experiment.config import load_config  # noqa: E402
 from initialization import make_agent  # noqa: E402
 from losses_and_evaluation import actor_critic_losses, imagine, world_model_loss  # noqa: E402
@@ -123,7 +123,8 @@ def main(argv=None):
     wm = make_world_model(c, env.spec.obs_shape, env.spec.num_actions, env.spec.obs_dtype)
     actor, critic = make_actor_critic(c, env.spec.num_actions)
 
-    env_state, obs = jax.jit(env.reset)(jax.random.PRNGKey(1))
+    envs = seed_environments(env, [1], c.jax_env)  # one seed's environment, of any family
+    env_state, obs = jax.tree.map(lambda x: jnp.asarray(x)[0], envs.reset(jax.random.PRNGKey(1)[None]))
     state = jax.jit(agent.init_state)(jax.random.PRNGKey(0), env_state, obs)
     fill = jax.jit(lambda buffer, key: filled_replay(c, agent, env.spec, buffer, key))
     state = state._replace(replay=fill(state.replay, jax.random.PRNGKey(1)))

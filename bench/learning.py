@@ -329,7 +329,7 @@ def random_policy_return(env, num_envs: int = RANDOM_POLICY_ENVS, steps: int = R
 # Running the suite.
 
 def run_task(name: str, task: Task, config: Config, env, random_policy: dict, out_dir: str, progress: bool,
-             diagnostics: bool) -> dict:
+             diagnostics: bool, video: bool = False) -> dict:
     """Trains the task's seeds (records to OUT/<name>.jsonl) and summarises them against the random policy, with
     the speed and memory of the run and, for an Atari task, its score (atari_score)."""
     import jax
@@ -341,7 +341,9 @@ def run_task(name: str, task: Task, config: Config, env, random_policy: dict, ou
     print(f"{name}: {config.num_seeds} seeds of {config.env_config.env_name}, {config.num_steps} env steps each, "
           f"records -> {output}", file=sys.stderr)
     start = time.perf_counter()
-    result = run(config, env, seed=0, output=output, progress=progress, diagnostics=diagnostics)
+    video_dir = os.path.join(out_dir, f"{name}-videos") if video else None  # episodes and dream strips
+    result = run(config, env, seed=0, output=output, progress=progress, diagnostics=diagnostics,
+                 video_dir=video_dir)
     wall_s = time.perf_counter() - start
     returns = result["returns"]  # per seed: every completed episode's return, in order
     finals = [float(np.mean(seed_returns[-task.window:])) if seed_returns else None for seed_returns in returns]
@@ -483,6 +485,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_diagnostics", action="store_true",
                         help="leave the model diagnostics (diag_*) out of the records")
     parser.add_argument("--no_progress", action="store_true", help="do not draw the progress bars")
+    parser.add_argument("--video", action="store_true",
+                        help="write each task's videos (an episode and the dream strip: real | reconstruction | open "
+                             "loop) every video_every env steps and at the end, under OUT/<task>-videos")
     return parser
 
 
@@ -515,7 +520,8 @@ def main(argv=None):
             randoms[env_id] = random_policy_return(env)
         try:
             results.append(run_task(name, tasks[name], config, env, randoms[env_id], out_dir,
-                                    progress=not args.no_progress, diagnostics=not args.no_diagnostics))
+                                    progress=not args.no_progress, diagnostics=not args.no_diagnostics,
+                                    video=args.video))
         except NumericalFault as fault:  # the tasks finished before it stay in OUT/results.json
             print(f"error: task {name!r}: {fault}", file=sys.stderr)
             return NUMERICAL_FAULT_EXIT_CODE

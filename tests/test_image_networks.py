@@ -109,3 +109,31 @@ def test_the_scripts_refuse_such_a_frame_with_one_sentence_and_exit_2(tmp_path, 
                    "at least 8 or up to an eighth below one (64x64, 63x63, 32x32, ...), got 7x7; resize the frames "
                    "or set image_network to small"]
     assert not output.exists()
+
+
+@pytest.mark.parametrize("transpose, size, channels", [(False, 64, 3), (False, 9, 5), (True, 8, 6), (True, 4, 3)])
+def test_strided_conv_is_haikus_conv_with_the_same_gradients(transpose, size, channels):
+    # StridedConv computes its gradients as canonical convolutions (fast inside the loop on XLA:CPU): the same
+    # parameters, outputs and gradients as hk.Conv2D / hk.Conv2DTranspose, to the bit.
+    import haiku as hk
+
+    from networks import StridedConv
+
+    def ours(x):
+        return StridedConv(7, transpose=transpose)(x)
+
+    def haikus(x):
+        module = hk.Conv2DTranspose if transpose else hk.Conv2D
+        return module(7, 4, stride=2, padding="SAME")(x)
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, size, size, channels))
+    ours, haikus = hk.without_apply_rng(hk.transform(ours)), hk.without_apply_rng(hk.transform(haikus))
+    params = haikus.init(jax.random.PRNGKey(1), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == jax.tree.map(jnp.shape, params)
+    for a, b in zip(jax.tree.leaves(ours.init(jax.random.PRNGKey(1), x)), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    loss = lambda f: lambda p, x: jnp.sum(jnp.sin(f.apply(p, x)))
+    np.testing.assert_array_equal(ours.apply(params, x), haikus.apply(params, x))
+    for a, b in zip(jax.tree.leaves(jax.grad(loss(ours), argnums=(0, 1))(params, x)),
+                    jax.tree.leaves(jax.grad(loss(haikus), argnums=(0, 1))(params, x)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
