@@ -241,7 +241,8 @@ def conv2d_weight_gradient(x, dy, kernel: tuple, strides, padding, lhs_dilation)
 
 class StridedConv(hk.Module):
     """hk.Conv2D(channels, 4, stride=2, padding="SAME") or, `transpose`d, hk.Conv2DTranspose with the same
-    arguments: the same parameters (names, shapes, initialisation) and outputs, through conv2d."""
+    arguments: the same parameters (names, shapes, initialisation) and outputs, through conv2d; the transpose
+    as four stride-1 convolutions (_transposed_by_phases)."""
 
     def __init__(self, channels: int, transpose: bool = False, with_bias: bool = True):
         super().__init__(name="conv2_d_transpose" if transpose else "conv2_d")
@@ -252,14 +253,26 @@ class StridedConv(hk.Module):
         fan_in = kernel * kernel * x.shape[-1]
         shape = (kernel, kernel) + ((self.channels, x.shape[-1]) if self.transpose else (x.shape[-1], self.channels))
         w = hk.get_parameter("w", shape, x.dtype, init=hk.initializers.TruncatedNormal(stddev=1.0 / np.sqrt(fan_in)))
-        if self.transpose:  # lax.conv_transpose's SAME padding: the frame dilated by the stride, padded 2 each side
-            pad = (kernel + stride - 2 + 1) // 2
-            out = conv2d(x, w, (1, 1), ((pad, pad), (pad, pad)), (stride, stride), "HWOI")
+        if self.transpose:
+            out = _transposed_by_phases(x, w)
         else:
             out = conv2d(x, w, (stride, stride), _same_padding(x.shape[1:3], kernel, stride), (1, 1), "HWIO")
         if self.with_bias:
             out = out + hk.get_parameter("b", (self.channels,), x.dtype, init=jnp.zeros)
         return out
+
+
+def _transposed_by_phases(x, w):
+    """hk.Conv2DTranspose(O, 4, stride=2, padding="SAME") of x [N, H, W, I] with its kernel w [4, 4, O, I] ->
+    [N, 2H, 2W, O], as four 2x2 stride-1 convolutions, one per output phase, interleaved. The transposed
+    convolution convolves x dilated by 2 (three zeros in four) and padded by 2: output row 2m takes kernel rows
+    0 and 2 at input rows m-1 and m, output row 2m+1 kernel rows 1 and 3 at input rows m and m+1 (columns
+    alike). Computed so, it skips the products with the zeros: a quarter of the arithmetic."""
+    phases = [[conv2d(x, w[a::2, b::2], (1, 1), ((1 - a, a), (1 - b, b)), (1, 1), "HWOI") for b in (0, 1)]
+              for a in (0, 1)]  # [a][b]: [N, H, W, O], output pixels (2m + a, 2n + b)
+    n, h, width, o = phases[0][0].shape
+    stacked = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)  # [N, H, 2 (a), W, 2 (b), O]
+    return stacked.reshape(n, 2 * h, 2 * width, o)
 
 
 def _same_padding(size: tuple, kernel: int, stride: int) -> tuple:
