@@ -1,9 +1,9 @@
-"""Times the jitted, vmapped block for several seed counts and prints one JSON object.
+"""Times the loop's block, compiled or under the Python drivers, for several seed counts and prints one JSON object.
 
 Per seed count: seconds per env step acting only (before training_start_time) and with training (one update
-every train_frequency steps), relative efficiency (run-steps/s over the first entry's figure), wall-clock
-slowdown, compile time and the number of programs compiled for the block; plus peak RSS and replay bytes per
-run.
+every train_frequency steps), run-steps per second (env steps of all runs together, per device), relative
+efficiency (run-steps/s over the first entry's figure with the same drivers), wall-clock slowdown, compile time
+and the number of programs compiled for the block; plus peak RSS and replay bytes per run.
 
     python3 bench/bench_loop.py -c config.json --seeds 1,2 --steps 100
     python3 bench/bench_loop.py -c configs/quickstart.json --seeds 8 --sweep_seeds 2 --sweep beta=0.01,0.02,0.03,0.1
@@ -20,6 +20,21 @@ device. Each entry reports its devices and its run-steps per second per device. 
 sharded program runs.
 
     python3 bench/bench_loop.py -c config.json --seeds 2 --seeds_per_device --devices 1,2,4,8
+
+`--drivers` names the loop's drivers to time each seed count under (default: the config's, from its jax_env):
+`compiled`, the whole block one program compiled ahead of time (jax_env true), and `python`, the loop's Python
+drivers stepping the environment from Python between the agent's jitted pieces (jax_env false), as the run
+scripts do. A JAX environment or an Atari pool (`atari_env`, one envpool pool of all seeds' games) runs under
+both, so the two are compared on the same environments:
+
+    python3 bench/bench_loop.py -c configs/dreamerv3_atari100k_small.json --seeds 1,2,4 --steps 100 \\
+        --drivers compiled,python
+
+Each entry names its `drivers`. The Python drivers' pieces compile on their first use, so their entries run one
+untimed block before each phase, report the two blocks' seconds as `warmup_s` and the programs compiled in them
+as `programs_compiled`, and have `compile_s` and `lower_s` null; they also give `compiled_speedup_acting` and
+`compiled_speedup_training`, their seconds per step over those of the compiled entry with the same runs and
+devices (when one was measured).
 """
 
 import argparse
@@ -30,6 +45,7 @@ import platform
 import resource
 import sys
 import time
+from typing import Callable, NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -49,9 +65,9 @@ from agent_environment_interaction_loop import (  # noqa: E402
     update_seed_bytes,
 )
 from environments import environment_from_config, seed_environments  # noqa: E402
-from experiment.config import ConfigError, load_config, sweep_variants, variant_name, with_sweep  # noqa: E402
+from experiment.config import Config, ConfigError, load_config, sweep_variants, variant_name, with_sweep  # noqa: E402
 from experiment.runner import initial_state  # noqa: E402
-from initialization import make_agent  # noqa: E402
+from initialization import RunState, make_agent  # noqa: E402
 from runtime import devices  # noqa: E402
 
 
@@ -83,50 +99,101 @@ jax.monitoring.register_event_duration_secs_listener(
     lambda event, duration, **_: _compiles.append(event) if event == BACKEND_COMPILE_EVENT else None)
 
 
-def compiled_block(config, env, num_seeds: int, steps: int, training_start_time: int,
-                   placement: devices.Placement | None = None):
-    """(config, agent, initial run state, the compiled `steps`-step block with the state donated, compile
-    seconds, the part of them spent tracing and lowering to StableHLO before XLA compiles, programs XLA
-    compiled for it) for `num_seeds` vmapped seeds (of each variant of the config's sweep), training starting
-    at `training_start_time` or later, sharded over `placement`'s devices (default: one device)."""
-    config = dataclasses.replace(config, num_seeds=num_seeds, eval_frequency=steps,
+DRIVERS = ("compiled", "python")  # the loop's JAX drivers (the block one program) or its Python drivers
+
+
+class LoopBlock(NamedTuple):
+    """A block ready to time, and what building it cost."""
+    config: Config  # with the entry's seed count, drivers (jax_env) and training start
+    envs: object  # the runs' environments (environments.seed_environments), closed after timing
+    state: RunState  # the runs' initial state
+    block: Callable  # state -> (state, metrics): `steps` env steps of every run, the state donated
+    compile_s: float | None  # ahead of time: tracing, lowering and XLA (None: the pieces compile on first use)
+    lower_s: float | None  # the part of compile_s spent tracing and lowering to StableHLO
+    programs: int  # programs XLA compiled ahead of time
+
+
+def loop_block(config, env, num_seeds: int, steps: int, training_start_time: int,
+               placement: devices.Placement | None = None, drivers: str = "compiled") -> LoopBlock:
+    """The `steps`-step block of `num_seeds` vmapped seeds (of each variant of the config's sweep), training
+    starting at `training_start_time` or later, sharded over `placement`'s devices (default: one device), under
+    `drivers`: compiled ahead of time, or the Python drivers' block as experiment.runner.compile_blocks builds it."""
+    config = dataclasses.replace(config, num_seeds=num_seeds, eval_frequency=steps, jax_env=drivers == "compiled",
                                  training_start_time=max(config.training_start_time, training_start_time))
     placement = placement or devices.Placement(jax.devices()[:1])
     agent = make_agent(config, env)
-    envs = seed_environments(env, range(config.num_runs), jax_env=True)
+    envs = seed_environments(env, range(config.num_runs), jax_env=config.jax_env)
     state = initial_state(config, agent, envs, seed=0, placement=placement)
+    if not config.jax_env:
+        block = make_block_function(config, agent, envs, steps, devices.python_drivers(placement, config.num_runs))
+        return LoopBlock(config, envs, state, block, None, None, 0)
     start, compiles_before = time.perf_counter(), len(_compiles)
     lowered = devices.jit_block(make_block_function(config, agent, envs, steps), placement).lower(state)
     lowered_at = time.perf_counter()
     compiled = lowered.compile()
-    return (config, agent, state, compiled, time.perf_counter() - start, lowered_at - start,
-            len(_compiles) - compiles_before)
+    return LoopBlock(config, envs, state, compiled, time.perf_counter() - start, lowered_at - start,
+                     len(_compiles) - compiles_before)
 
 
-def bench_seeds(config, env, num_seeds: int, steps: int, repeats: int, num_devices: int = 1) -> dict:
+def warm_up(block, state, warm: bool):
+    """(state, seconds, programs XLA compiled) of one untimed block if `warm` (the Python drivers' pieces
+    compile on their first use), else (state, 0, 0)."""
+    if not warm:
+        return state, 0.0, 0
+    compiles_before = len(_compiles)
+    state, seconds = time_block(block, state, 1)
+    return state, seconds, len(_compiles) - compiles_before
+
+
+def bench_seeds(config, env, num_seeds: int, steps: int, repeats: int, num_devices: int = 1,
+                drivers: str = "compiled") -> dict:
     placement = devices.Placement(jax.devices()[:num_devices])
-    config, _, state, compiled, compile_s, lower_s, programs = compiled_block(
-        config, env, num_seeds, steps, (repeats + 1) * steps, placement)
-    state, acting_s = time_block(compiled, state, repeats)
+    warm = drivers == "python"
+    loop = loop_block(config, env, num_seeds, steps, (repeats + warm + 1) * steps, placement, drivers)
+    config, block = loop.config, loop.block
+    state, acting_warmup_s, acting_programs = warm_up(block, loop.state, warm)
+    state, acting_s = time_block(block, state, repeats)
     assert int(state.updates[0]) == 0, "acting-only blocks must not train"
     # Jump the shared step counter past training_start_time: the replay already holds enough sequences.
     state = state._replace(env_steps=placement.put(jnp.full_like(state.env_steps, config.training_start_time)))
-    state, training_s = time_block(compiled, state, repeats)
-    updates_per_block = int(state.updates[0]) / repeats  # seed 0's training updates per timed training block
+    state, training_warmup_s, training_programs = warm_up(block, state, warm)
+    updates_before = int(state.updates[0])
+    state, training_s = time_block(block, state, repeats)
+    updates_per_block = (int(state.updates[0]) - updates_before) / repeats  # seed 0's, per timed training block
     assert updates_per_block > 0
+    loop.envs.close()
     replay_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state.replay)) // config.num_runs
     device_stats = device_memory_stats()  # empty on CPU
     variants = [variant_name(v) for v in sweep_variants(config)] if config.sweep else None
-    return {"seeds": num_seeds, "variants": variants, "runs": config.num_runs, "programs_compiled": programs,
+    return {"seeds": num_seeds, "variants": variants, "runs": config.num_runs, "drivers": drivers,
+            "programs_compiled": loop.programs + acting_programs + training_programs,
             "devices": num_devices, "runs_per_device": config.num_runs // num_devices,
             "acting_s_per_step": acting_s / steps, "training_s_per_step": training_s / steps,
             "training_run_steps_per_s_per_device": config.num_runs / (training_s / steps) / num_devices,
             "acting_run_steps_per_s_per_device": config.num_runs / (acting_s / steps) / num_devices,
             "updates_per_training_block": updates_per_block,
-            "compile_s": compile_s, "lower_s": lower_s, "replay_bytes_per_seed": replay_bytes,
+            "compile_s": loop.compile_s, "lower_s": loop.lower_s,
+            "warmup_s": acting_warmup_s + training_warmup_s if warm else None,
+            "replay_bytes_per_seed": replay_bytes,
             "update_seed_batch": update_seed_batch(config.update_seed_batch, config.num_runs // num_devices,
                                                   seed_bytes=update_seed_bytes(config)),
             "device_peak_bytes": device_stats.get("peak_bytes_in_use")}
+
+
+def compare(results: list[dict]) -> None:
+    """Adds the figures relative to other entries: to the first entry with the same drivers, and (Python-driver
+    entries) to the compiled entry with the same runs and devices."""
+    runs_of = lambda entry: (entry["seeds"], entry["variants"], entry["devices"])
+    for r in results:
+        base = next(b for b in results if b["drivers"] == r["drivers"])
+        scale = r["runs"] / base["runs"]
+        r["relative_efficiency"] = scale * base["training_s_per_step"] / r["training_s_per_step"]
+        r["acting_relative_efficiency"] = scale * base["acting_s_per_step"] / r["acting_s_per_step"]
+        r["wall_clock_slowdown"] = r["training_s_per_step"] / base["training_s_per_step"]
+        compiled = next((c for c in results if c["drivers"] == "compiled" and runs_of(c) == runs_of(r)), None)
+        if r["drivers"] == "python" and compiled:
+            r["compiled_speedup_acting"] = r["acting_s_per_step"] / compiled["acting_s_per_step"]
+            r["compiled_speedup_training"] = r["training_s_per_step"] / compiled["training_s_per_step"]
 
 
 def main(argv=None):
@@ -142,8 +209,14 @@ def main(argv=None):
     parser.add_argument("--devices", default=None,
                         help="comma-separated device counts to shard the runs over (default: every device seen)")
     parser.add_argument("--seeds_per_device", action="store_true", help="--seeds counts seeds per device")
+    parser.add_argument("--drivers", default=None,
+                        help="comma-separated drivers to time each entry under, of compiled and python "
+                             "(default: the config's jax_env)")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set)
+    drivers = args.drivers.split(",") if args.drivers else ["compiled" if config.jax_env else "python"]
+    if not set(drivers) <= set(DRIVERS):
+        raise ConfigError(f"--drivers takes {' and '.join(DRIVERS)}, got {args.drivers}")
     env = environment_from_config(config)
     device_counts = [int(n) for n in args.devices.split(",")] if args.devices else [len(jax.devices())]
     if max(device_counts) > len(jax.devices()) or min(device_counts) < 1:
@@ -154,26 +227,22 @@ def main(argv=None):
         for n in map(int, args.seeds.split(",")):
             seeds = n * num_devices if args.seeds_per_device else n
             if seeds % num_devices == 0:
-                results.append(bench_seeds(config, env, seeds, args.steps, args.repeats, num_devices))
+                results += [bench_seeds(config, env, seeds, args.steps, args.repeats, num_devices, d) for d in drivers]
     if not results:
         raise ConfigError(f"no seed count of --seeds {args.seeds} is a multiple of a device count of {device_counts}")
     if args.sweep:
         sweep = with_sweep(config, args.sweep)
         runs = sweep.num_runs // sweep.num_seeds * args.sweep_seeds
         num_devices = max((d for d in device_counts if runs % d == 0), default=1)
-        results.append(bench_seeds(sweep, env, args.sweep_seeds, args.steps, args.repeats, num_devices))
-    base = results[0]
-    for r in results:
-        scale = r["runs"] / base["runs"]
-        r["relative_efficiency"] = scale * base["training_s_per_step"] / r["training_s_per_step"]
-        r["acting_relative_efficiency"] = scale * base["acting_s_per_step"] / r["acting_s_per_step"]
-        r["wall_clock_slowdown"] = r["training_s_per_step"] / base["training_s_per_step"]
+        results += [bench_seeds(sweep, env, args.sweep_seeds, args.steps, args.repeats, num_devices, d)
+                    for d in drivers]
+    compare(results)
     print(json.dumps({
-        "config": args.config, "overrides": args.set, "env": config.env_config.env_name,
+        "config": args.config, "overrides": args.set, "env": config.env_config.env_name, "drivers": drivers,
         "steps_per_block": args.steps, "train_frequency": config.train_frequency, "results": results,
-        "compile_s": max(r["compile_s"] for r in results),
+        "compile_s": max((r["compile_s"] for r in results if r["compile_s"] is not None), default=None),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "replay_bytes_per_seed": base["replay_bytes_per_seed"],
+        "replay_bytes_per_seed": results[0]["replay_bytes_per_seed"],
         "machine": machine_info(),
     }, indent=2))
 

@@ -43,6 +43,27 @@ def test_bench_loop_prints_the_table_for_each_seed_count(capsys):
     assert report["machine"]["compilation_cache_dir"] == os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
+
+def test_bench_loop_times_the_python_drivers_on_the_same_environment(capsys):
+    bench_loop.main(["-c", "configs/debug.json", "--seeds", "2", "--steps", "10", "--repeats", "1",
+                     "--drivers", "compiled,python"])
+    report = _printed_json(capsys)
+    assert report["drivers"] == ["compiled", "python"]
+    compiled, python = report["results"]
+    assert (compiled["drivers"], python["drivers"]) == ("compiled", "python")
+    assert compiled["runs"] == python["runs"] == 2
+    # no ahead-of-time compile under the Python drivers: an untimed warm-up block per phase compiles the pieces
+    assert python["compile_s"] is None and python["lower_s"] is None and python["warmup_s"] > 0
+    assert compiled["warmup_s"] is None and report["compile_s"] == compiled["compile_s"] > 0
+    for r in (compiled, python):
+        assert r["updates_per_training_block"] == report["steps_per_block"] / report["train_frequency"]
+        assert r["relative_efficiency"] == 1.0  # each drivers' entries against their own first
+        assert r["acting_run_steps_per_s_per_device"] == pytest.approx(2 / r["acting_s_per_step"])
+    for phase in ("acting", "training"):  # the Python drivers' seconds per step over the compiled block's
+        assert python[f"compiled_speedup_{phase}"] == pytest.approx(
+            python[f"{phase}_s_per_step"] / compiled[f"{phase}_s_per_step"])
+        assert f"compiled_speedup_{phase}" not in compiled
+
 def test_bench_update_prints_times_flops_and_roofline(capsys):
     # two seeds vmapped, as the loop runs them; one seed is the same code without the vmap
     bench_update.main(["-c", "configs/debug.json", "--repeats", "1", "--seeds", "2"])
