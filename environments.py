@@ -9,6 +9,7 @@ all seeds' environments at once. The families live in envs/, each over the proto
 | open_grid_env | envs/grid_world.py | inside the compiled loop |
 | atari_env | envs/atari_envs.py (optional install) | one envpool pool of all seeds' games, in or out of the loop |
 | gymnasium_env, gym_env | envs/gym_envs.py | on the host, one object per seed |
+| dmc_env | envs/dmc_envs.py (optional install) | on the host, one object per seed |
 """
 
 from typing import Sequence
@@ -37,9 +38,15 @@ def _make_atari(env_name: str, **settings):
     return AtariEnvironment(env_name, **settings)
 
 
+def _make_dmc(env_name: str, **settings):
+    from envs.dmc_envs import DmcEnvironment  # imports the optional dm_control package, if installed
+    return DmcEnvironment(env_name, **settings)
+
+
 _FAMILIES = {"gymnax_env": GymnaxEnvironment, "open_grid_env": make_open_grid, "brax_env": _make_brax,
              "craftax_env": _make_craftax}
 _POOL_FAMILIES = {"atari_env": _make_atari}  # they check their env_config keys themselves
+_KEYED_PYTHON_FAMILIES = {"dmc_env": _make_dmc}  # one object per seed; they check their env_config keys themselves
 
 
 def make_environment(environment: str, env_name: str, env_kwargs: dict | None = None):
@@ -55,8 +62,11 @@ def make_environment(environment: str, env_name: str, env_kwargs: dict | None = 
         return PythonEnvironmentFamily(environment, env_name, env_kwargs)
     if environment in _POOL_FAMILIES:
         return _POOL_FAMILIES[environment](env_name, **env_kwargs)
+    if environment in _KEYED_PYTHON_FAMILIES:
+        return _KEYED_PYTHON_FAMILIES[environment](env_name, **env_kwargs)
     if environment not in _FAMILIES:
-        valid = ", ".join(f"'{name}'" for name in [*_FAMILIES, *_POOL_FAMILIES, *PYTHON_FAMILIES])
+        valid = ", ".join(f"'{name}'" for name in [*_FAMILIES, *_POOL_FAMILIES, *PYTHON_FAMILIES,
+                                                   *_KEYED_PYTHON_FAMILIES])
         raise ConfigError(f"unknown environment '{environment}', choose one of {valid}")
     extra = sorted(set(env_kwargs) - set(JAX_FAMILY_KEYS.get(environment, ())))
     if extra:

@@ -17,6 +17,8 @@ PYTHON_FAMILIES = ("gymnasium_env", "gym_env")  # Python objects, stepped betwee
 # A pool of games stepped in C++ threads, inside the compiled loop (jax_env) or from Python; its env_config keys
 # are checked by envs/atari_envs.py
 POOL_FAMILIES = ("atari_env",)
+# Python objects too, with env_config keys of their own that their module checks (envs/dmc_envs.py)
+KEYED_PYTHON_FAMILIES = ("dmc_env",)
 
 
 class ConfigError(Exception):
@@ -35,8 +37,8 @@ class EnvConfig:
     """Which environment to build; set from the command line as env_config.KEY=VALUE."""
 
     env_name: str = _opt("SpaceInvaders-MinAtar", "environment id: a gymnax name such as Breakout-MinAtar, a brax "
-                         "name such as inverted_pendulum, or a gymnasium/gym id such as CartPole-v1 or "
-                         "MinAtar/SpaceInvaders-v1")
+                         "name such as inverted_pendulum, a gymnasium/gym id such as CartPole-v1 or "
+                         "MinAtar/SpaceInvaders-v1, or a DeepMind Control Suite DOMAIN-TASK such as walker-walk")
     # Every other env_config key (e.g. "max_episode_steps": 200) is a keyword argument for gymnasium/gym `make`,
     # or one of the keys a JAX family takes (JAX_FAMILY_KEYS: brax's episode_length and action_repeat).
     make_kwargs: dict = field(default_factory=dict, metadata={"help": "extra keys passed to make", "extra": True})
@@ -159,7 +161,8 @@ class Config:
         "model's zero start state, which the termination head can learn instead of the states that end episodes")
     no_conv: bool = _opt(False, "use MLP encoder and decoder even for image observations")
     latent_type: str = _opt("categorical", "distribution of the latent variables", choices=("categorical", "gaussian"))
-    environment: str = _opt("gymnax_env", "environment family", choices=JAX_FAMILIES + POOL_FAMILIES + PYTHON_FAMILIES)
+    environment: str = _opt("gymnax_env", "environment family", choices=JAX_FAMILIES + POOL_FAMILIES + PYTHON_FAMILIES
+                            + KEYED_PYTHON_FAMILIES)
     binary_state: bool = _opt(True, "observations are 0/1: Bernoulli likelihood and compact replay storage")
     jax_env: bool = _opt(True, "run the whole loop compiled (JAX environments only); false steps the "
                          "environments in Python between the agent's jitted pieces")
@@ -193,7 +196,7 @@ class Config:
                               f"got {self.training_start_time}")
         if self.environment in JAX_FAMILIES:
             _check_family_keys(self.environment, self.env_config.make_kwargs)
-        if self.jax_env and self.environment in PYTHON_FAMILIES:
+        if self.jax_env and self.environment in PYTHON_FAMILIES + KEYED_PYTHON_FAMILIES:
             raise ConfigError(f"environment {self.environment} is not written in JAX, so jax_env must be false")
         object.__setattr__(self, "sweep", _checked_sweep(self.sweep))
 
