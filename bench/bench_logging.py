@@ -37,7 +37,7 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_loop import compiled_block, machine_info  # noqa: E402  (this folder)
+from bench_loop import loop_block, machine_info  # noqa: E402  (this folder)
 
 from agent.evaluation import DREAM_CONTEXT, RunObserver  # noqa: E402
 from environments import environment_from_config  # noqa: E402
@@ -65,8 +65,9 @@ def main(argv=None):
     steps = args.steps or eval_frequency
     num_seeds = args.seeds or config.num_seeds
     # The first block only acts (fills replay); then the shared step counter jumps past training_start_time.
-    config, agent, state, block, block_compile_s, _, _ = compiled_block(
-        config, environment_from_config(config), num_seeds, steps, max(2 * steps, config.sequence_length))
+    built = loop_block(config, environment_from_config(config), num_seeds, steps,
+                       max(2 * steps, config.sequence_length))
+    config, agent, state, block, block_compile_s = built.config, built.agent, built.state, built.block, built.compile_s
     keys = diagnostic_keys(range(num_seeds))
     start = time.perf_counter()
     diagnose = jit_diagnose(agent).lower(state.params, state.hparams, state.replay, keys).compile()

@@ -105,6 +105,7 @@ DRIVERS = ("compiled", "python")  # the loop's JAX drivers (the block one progra
 class LoopBlock(NamedTuple):
     """A block ready to time, and what building it cost."""
     config: Config  # with the entry's seed count, drivers (jax_env) and training start
+    agent: object  # initialization.Agent: the agent's pure functions
     envs: object  # the runs' environments (environments.seed_environments), closed after timing
     state: RunState  # the runs' initial state
     block: Callable  # state -> (state, metrics): `steps` env steps of every run, the state donated
@@ -126,12 +127,12 @@ def loop_block(config, env, num_seeds: int, steps: int, training_start_time: int
     state = initial_state(config, agent, envs, seed=0, placement=placement)
     if not config.jax_env:
         block = make_block_function(config, agent, envs, steps, devices.python_drivers(placement, config.num_runs))
-        return LoopBlock(config, envs, state, block, None, None, 0)
+        return LoopBlock(config, agent, envs, state, block, None, None, 0)
     start, compiles_before = time.perf_counter(), len(_compiles)
     lowered = devices.jit_block(make_block_function(config, agent, envs, steps), placement).lower(state)
     lowered_at = time.perf_counter()
     compiled = lowered.compile()
-    return LoopBlock(config, envs, state, compiled, time.perf_counter() - start, lowered_at - start,
+    return LoopBlock(config, agent, envs, state, compiled, time.perf_counter() - start, lowered_at - start,
                      len(_compiles) - compiles_before)
 
 
