@@ -60,7 +60,15 @@ def build_arg_parser(description: str) -> argparse.ArgumentParser:
                         help="checkpoint written every checkpoint_frequency env steps, at the end and on "
                              "SIGINT/SIGTERM (default checkpoint.ckpt; '' for none)")
     parser.add_argument("--load_checkpoint", default=None, metavar="PATH",
-                        help="resume the run stored in this checkpoint (a missing file starts a fresh run)")
+                        help="resume the run stored in this checkpoint (a missing file starts a fresh run; with "
+                             "--evaluate, the agent to evaluate, and a missing file is an error)")
+    parser.add_argument("--evaluate", type=int, default=None, metavar="N",
+                        help="train nothing: play N evaluation episodes per seed (and sweep variant) with the "
+                             "--load_checkpoint agent's eval_policy, write their returns to -o and print a summary "
+                             "line per seed (see docs/evaluation.md)")
+    parser.add_argument("--export", default=None, metavar="PATH",
+                        help="at the end (after training or --evaluate), write what acting needs, the world model's "
+                             "and policy's parameters and the config, to PATH (.npz with a JSON header, no pickle)")
     parser.add_argument("--coordinator_address", default=None, metavar="HOST:PORT",
                         help="join a run of several processes through JAX's distributed runtime, with process 0 "
                              "at this address (found by JAX itself on Slurm and Open MPI); see docs/devices.md")
@@ -74,6 +82,8 @@ def parse_command_line(argv: Sequence[str] | None, description: str,
     """(arguments, config) of a command line; raises ConfigError for a mistake in the config or an override.
     argparse's own errors (an unknown flag) exit 2 with its usage message, as for any script."""
     args = build_arg_parser(description).parse_args(argv)
+    if args.evaluate is not None and args.evaluate < 1:
+        raise ConfigError(f"--evaluate must be at least 1 episode, got {args.evaluate}")
     config = with_sweep(load_config(args.config, args.set), args.sweep)
     return args, replace(config, num_seeds=1) if single_seed else config
 
@@ -115,6 +125,9 @@ def script_main(argv: Sequence[str] | None, description: str, single_seed: bool)
     except devices.DistributedError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.evaluate is not None:
+        from experiment import saved_agent
+        return saved_agent.evaluate_command(args, config)
     from experiment import runner
     return runner.run_command(args, config)
 

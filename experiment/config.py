@@ -1,6 +1,7 @@
 """Experiment configuration: one frozen, typed dataclass of hyper-parameters with help texts.
 Loaded from JSON plus KEY=VALUE overrides; every user mistake raises ConfigError with one sentence."""
 
+import copy
 import dataclasses
 import difflib
 import itertools
@@ -320,6 +321,12 @@ def load_config(path: str | None, overrides: Sequence[str] = ()) -> Config:
     for override in overrides:
         _apply_override(raw, override)
     return _from_dict(Config, raw, "")
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """The Config of plain data as config_to_dict writes it (a checkpoint's or an exported policy's header),
+    checked as a file is. Raises ConfigError on any mistake."""
+    return _from_dict(Config, copy.deepcopy(raw), "")
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

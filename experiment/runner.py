@@ -456,6 +456,10 @@ def run_command(args: argparse.Namespace, config: Config) -> int:
         print(f"error: {fault}", file=sys.stderr)
         return NUMERICAL_FAULT_EXIT_CODE
     print_summary(result, seed)
+    if args.export:
+        from experiment import saved_agent  # it builds on this module
+        saved_agent.export_after_training(args.export, result, config)
+        print(f"policy exported to {args.export}")
     return 0
 
 
@@ -471,6 +475,11 @@ def checked_start(args: argparse.Namespace, config: Config, placement: devices.P
         raise ConfigError(f"output path {output!r} is a directory; -o needs a file name")
     if save_path:
         checkpoint.check_save_path(save_path)
+    if getattr(args, "export", None):
+        if placement.process_count > 1:
+            raise ConfigError("--export runs in a single process for now")
+        from experiment.saved_agent import check_export_path
+        check_export_path(args.export)
     for flag, folder in (("--video_dir", video_folder(args)), ("--tensorboard", args.tensorboard)):
         if folder and os.path.exists(folder) and not os.path.isdir(folder):
             raise ConfigError(f"{flag} {folder!r} is a file; it needs a folder (created if missing)")

@@ -36,10 +36,11 @@ def tree_arrays(state) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 
-def save(path: str, state, header: dict[str, Any]) -> None:
+def save(path: str, state, header: dict[str, Any], file_format: str = FORMAT) -> None:
     """Writes `state` and `header` to `path` atomically: a kill at any instant leaves either the previous
-    checkpoint or the new one. The temp file `PATH.tmp` sits in the same folder, so os.replace is atomic."""
-    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "project_version": PROJECT_VERSION,
+    checkpoint or the new one. The temp file `PATH.tmp` sits in the same folder, so os.replace is atomic.
+    `file_format` names what the file is in its header (an exported policy is not a checkpoint)."""
+    header = {"format": file_format, "format_version": FORMAT_VERSION, "project_version": PROJECT_VERSION,
               "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **header}
     arrays = tree_arrays(state)
     arrays[HEADER_KEY] = np.frombuffer(json.dumps(header).encode("utf-8"), np.uint8)
@@ -117,6 +118,30 @@ def load(path: str, expected) -> tuple[Any, dict[str, Any]]:
                                       f"but this run needs {np.dtype(leaf.dtype)}{list(leaf.shape)}")
             arrays.append(array)
     return jax.device_put(jax.tree_util.tree_unflatten(treedef, arrays)), header
+
+
+def load_part(path: str, expected, prefixes: tuple[str, ...]):
+    """The leaves of `expected` (as for `load`) whose tree path starts with one of `prefixes`, read from checkpoint
+    `path` and checked as `load` checks them, in a tree of `expected`'s structure holding None at every other
+    leaf: the rest of the file (the replay, the optimizer states) is not read. Raises CheckpointError."""
+    expected_leaves, treedef = jax.tree_util.tree_flatten_with_path(expected)
+    arrays = []
+    with _open_archive(path) as archive:
+        _header(path, archive)
+        for path_keys, leaf in expected_leaves:
+            key = jax.tree_util.keystr(path_keys)
+            if not key.startswith(prefixes):
+                arrays.append(None)
+                continue
+            if key not in archive.files:
+                raise CheckpointError(f"checkpoint {path!r} lacks the state leaf {key!r}: it was written for a "
+                                      "different model or config")
+            array = _read_array(path, archive, key)
+            if array.shape != tuple(leaf.shape) or array.dtype != leaf.dtype:
+                raise CheckpointError(f"checkpoint {path!r} holds leaf {key!r} as {array.dtype}{list(array.shape)}, "
+                                      f"but this run needs {np.dtype(leaf.dtype)}{list(leaf.shape)}")
+            arrays.append(array)
+    return jax.device_put(jax.tree_util.tree_unflatten(treedef, arrays))
 
 
 # State leaves added after the checkpoint format's version began, with the initial value a resume of an older
