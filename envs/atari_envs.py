@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from envs.protocol import EnvSpec
+from envs.protocol import EnvSpec, check_setting_names
 from experiment.config import ConfigError
 
 # env_config key: DreamerV3's Atari 100k value (docs/atari.md gives each one's source).
@@ -63,11 +63,9 @@ def atari_games() -> list[str]:
 
 def _checked_settings(settings: dict) -> dict:
     """ATARI_SETTINGS updated with env_config's keys, each checked (one sentence per mistake)."""
+    check_setting_names("atari_env", settings, ATARI_SETTINGS)
     values = dict(ATARI_SETTINGS)
     for key, value in settings.items():
-        if key not in ATARI_SETTINGS:
-            raise ConfigError(f"environment atari_env takes no env_config.{key}; its keys are "
-                              f"{', '.join(ATARI_SETTINGS)}")
         default = ATARI_SETTINGS[key]
         if isinstance(default, bool):
             valid = isinstance(value, bool)

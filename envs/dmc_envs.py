@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from envs.protocol import EnvSpec, to_bounds
+from envs.protocol import EnvSpec, check_setting_names, to_bounds
 from experiment.config import ConfigError
 
 # env_config key: default (docs/dmc.md gives each one's source).
@@ -89,11 +89,9 @@ def _is_int(value) -> bool:
 
 def _checked_settings(settings: dict) -> dict:
     """DMC_SETTINGS updated with env_config's keys, each checked (one sentence per mistake)."""
+    check_setting_names("dmc_env", settings, DMC_SETTINGS)
     values = dict(DMC_SETTINGS)
     for key, value in settings.items():
-        if key not in DMC_SETTINGS:
-            raise ConfigError(f"environment dmc_env takes no env_config.{key}; its keys are env_name, "
-                              f"{', '.join(DMC_SETTINGS)}")
         if key == "observation":
             valid, kind = isinstance(value, str) and value in OBSERVATIONS, " or ".join(OBSERVATIONS)
         elif key == "camera":

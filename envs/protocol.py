@@ -60,6 +60,14 @@ def check_action_space(space, env_name: str) -> tuple[int, bool, np.ndarray | No
     return int(np.prod(shape, dtype=np.int64)), True, low, high
 
 
+def check_setting_names(environment: str, settings: dict, known) -> None:
+    """Refuses, with one sentence listing the family's keys, an env_config key the family does not take."""
+    for key in settings:
+        if key not in known:
+            raise ConfigError(f"environment {environment} takes no env_config.{key}; its keys are env_name, "
+                              f"{', '.join(known)}")
+
+
 class JaxEnvironment(Protocol):
     """A pure JAX environment: no Python state changes, so reset and step can be jitted and vmapped.
 
