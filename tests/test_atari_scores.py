@@ -143,7 +143,8 @@ class _FinalState(NamedTuple):
 def test_an_atari_task_reports_its_seeds_final_evaluations_from_its_records(tmp_path, monkeypatch):
     import experiment.runner
 
-    def fake_run(config, env, seed, output, progress, diagnostics):  # the records of a 2-seed run, no training
+    # the records of a 2-seed run, no training
+    def fake_run(config, env, seed, output, progress, diagnostics, video_dir=None):
         with open(output, "w", encoding="utf-8") as file:
             for steps, evaluated in ((500, {}), (1000, {"eval_return": [-15.0, -21.0]})):
                 for i in range(2):
