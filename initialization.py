@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agent.distributions import action_distribution, action_head_size, latents
-from agent.training_step import make_train_update, optimizers, with_run_values
+from agent.distributions import action_head_size, actor_gradient, make_heads
+from agent.training_step import make_train_update, optimizers, run_values
 from envs.protocol import EnvSpec
 from experiment.config import Config, ConfigError
-from losses_and_evaluation import DIAGNOSTIC_SEQUENCES, model_diagnostics, observe_step
+from losses_and_evaluation import DIAGNOSTIC_SEQUENCES, make_actor_critic_losses, model_diagnostics
 from networks import image_network, make_actor_critic, make_world_model, strided_layout
 from replay_buffer import ReplayBuffer, init_buffer, pack_frame, sample_sequences, unpack_frames
 
@@ -104,31 +104,34 @@ def make_agent(config: Config, env) -> Agent:
     c, spec = config, env.spec
     wm = make_world_model(c, spec.obs_shape, spec.num_actions, spec.obs_dtype)
     actor, critic = make_actor_critic(c, action_head_size(c, spec.num_actions, spec.continuous))
+    heads = make_heads(c, spec.continuous)
+    ac = make_actor_critic_losses(c, actor.apply, critic.apply, heads, actor_gradient(c, spec.continuous))
 
-    hidden, z_size = c.num_hidden_units, latents(c).size
+    hidden, z_size = c.num_hidden_units, heads.latents.size
 
     def init_state(key, env_state, first_obs, hparams=None) -> RunState:
+        hparams = {k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()}
         wm_key, actor_key, critic_key, run_key = jax.random.split(key, 4)
         obs = jnp.zeros(spec.obs_shape, jnp.float32)
-        h, z = jnp.zeros(hidden), jnp.zeros(z_size)
+        h, z = wm.rssm.initial(), jnp.zeros(z_size)
         feat = jnp.zeros(hidden + z_size)
         critic_params = critic.init(critic_key, feat)
         action = jnp.zeros(spec.action_shape, spec.action_dtype)
         params = Params(wm.init(wm_key, obs, h, z, action), actor.init(actor_key, feat), critic_params, critic_params)
-        opt_states = OptStates(*(opt.init(p) for opt, p in zip(optimizers(c), params[:3])))
+        opt_states = OptStates(*(opt.init(p) for opt, p in zip(optimizers(c, run_values(c, hparams)), params[:3])))
         return RunState(
             params=params, opt_states=opt_states, env_state=env_state, obs=first_obs, rssm_h=h,
             replay=init_buffer(c.buffer_size, *replay_frame(c, spec), spec.action_shape, spec.action_dtype),
             key=run_key,
             env_steps=jnp.int32(0), updates=jnp.int32(0), episode_return=jnp.float32(0.0), episodes=jnp.int32(0),
-            return_scale=jnp.float32(0.0), hparams={k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()})
+            return_scale=jnp.float32(0.0), hparams=hparams)
 
     def act(params: Params, hparams, h, obs, key, greedy: bool = False):
         post_key, action_key = jax.random.split(key)
-        embed = wm.embed(params.world_model, obs.astype(jnp.float32))
-        z, _ = observe_step(c, wm, params.world_model, h, embed, latents(c).noise(post_key, ()))
-        unimix = hparams.get("actor_unimix", c.actor_unimix)  # a swept value, else the config's
-        policy = action_distribution(c, actor.apply(params.actor, jnp.concatenate([h, z], -1)), spec.continuous, unimix)
+        embed = wm.encode(params.world_model, obs.astype(jnp.float32))
+        z, _ = wm.rssm.posterior_step(params.world_model, h, embed, heads.latents.noise(post_key, ()))
+        unimix = run_values(c, hparams)["actor_unimix"]  # as the losses read it
+        policy = heads.policy(actor.apply(params.actor, jnp.concatenate([h, z], -1)), unimix)
         if greedy:
             return policy.mode(), z
         if spec.continuous:  # a vector [A] in [-1, 1]
@@ -136,7 +139,7 @@ def make_agent(config: Config, env) -> Agent:
         return policy.sample(action_key), z
 
     def next_h(params: Params, h, z, action, episode_end):
-        return jnp.where(episode_end, 0.0, wm.transition(params.world_model, h, z, action))
+        return jnp.where(episode_end, 0.0, wm.rssm.transition(params.world_model, h, z, action))
 
     def replay_obs(obs):
         return pack_frame(obs) if c.binary_state else obs
@@ -147,13 +150,13 @@ def make_agent(config: Config, env) -> Agent:
         return state._replace(params=state.params._replace(target_critic=state.params.critic))
 
     def diagnose(params: Params, hparams, replay: ReplayBuffer, key):
-        c = with_run_values(config, hparams)
         # Needs a sampleable buffer (true once training has started); NaN marks a statistic with no data.
         sample_key, model_key = jax.random.split(key)
         batch = sample_sequences(replay, sample_key, DIAGNOSTIC_SEQUENCES, c.sequence_length, c.maximize_nonterminal)
         if c.binary_state:
             batch = batch._replace(obs=unpack_frames(batch.obs, spec.obs_shape))
-        return model_diagnostics(c, wm, params.world_model, actor.apply, params.actor, batch, model_key)
+        return model_diagnostics(c, run_values(c, hparams), wm, heads, params.world_model, actor.apply,
+                                 params.actor, batch, model_key)
 
-    train_update = make_train_update(config, spec, wm, actor, critic)
+    train_update = make_train_update(c, spec, wm, heads, ac)
     return Agent(init_state, act, next_h, replay_obs, train_update, update_target, diagnose)

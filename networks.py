@@ -13,6 +13,7 @@ import numpy as np
 from agent import kernels
 from agent.distributions import (
     PixelSquared,
+    free_bits,
     latents,
     observation_distribution,
     reward_head_size,
@@ -394,20 +395,149 @@ class Decoder(hk.Module):
 # The world model, actor and critic
 
 
+class RSSMState(NamedTuple):
+    h: jax.Array  # [..., H] deterministic state
+    z: jax.Array  # [..., Z] latent sample
+
+
+class Observed(NamedTuple):
+    """The posterior pass over sequences, each [B, T, ...]."""
+
+    h: jax.Array  # [B, T, H] the deterministic state the posterior saw
+    z: jax.Array  # [B, T, Z] posterior sample
+    next_h: jax.Array  # [B, T, H] transition(h, z, action): what the reward and termination heads read
+    prior: jax.Array  # [B, T, P] prior latent parameters of z (from h)
+    posterior: jax.Array  # [B, T, P] posterior latent parameters
+
+
+class Imagined(NamedTuple):
+    """A prior rollout of K steps from start states [N, ...], time-major."""
+
+    h: jax.Array  # [K, N, H] the state after each transition
+    z: jax.Array  # [K, N, Z] its prior sample
+    action: jax.Array | None  # [K, N] int32 or [K, N, A] actions the policy took (None for given actions)
+    readout: object = None  # [K, N, ...] `readout` of each state, read inside the scan (None without one)
+
+
+class RSSM:
+    """The recurrent state-space model as pure functions of the world model's parameters, the one implementation
+    of its step for acting, observing sequences, imagination, the diagnostics and the dream.
+
+    The step: the posterior z ~ q(z | h, embed), then h' = transition(h, z, action); imagination replaces the
+    posterior by the prior z' ~ p(z' | h'). `embed` is the encoder's output [..., E]. Samples are drawn from
+    noise passed in (`Latents.noise`); a categorical z is a one-hot sample (see `make_world_model`).
+
+    `nets` are the haiku functions of `make_world_model`: transition, prior, and the posterior in two parts
+    (the embedding's share of its first layer, then the rest), so that observe runs the first part batched
+    over a whole sequence outside its scan."""
+
+    def __init__(self, latent_space, hidden: int, num_actions: int, embed_size: int, nets):
+        self.latents, self.hidden, self.num_actions, self.embed_size = latent_space, hidden, num_actions, embed_size
+        self._transition, self._prior, self._posterior_embed, self._posterior = nets
+
+    def initial(self, batch_shape: tuple[int, ...] = ()) -> jax.Array:
+        """The deterministic state at an episode's start [*batch_shape, H] (zeros)."""
+        return jnp.zeros((*batch_shape, self.hidden), jnp.float32)
+
+    def transition(self, params, h, z, action):
+        """h [..., H], z [..., Z], action: integers [...] (discrete) or vectors [..., A] -> next h [..., H]."""
+        check_trailing_shape("transition h", h, (self.hidden,))
+        check_trailing_shape("transition z", z, (self.latents.size,))
+        return self._transition(params, h, z, action)
+
+    def prior(self, params, h):
+        """Prior latent parameters [..., P] of the state h [..., H]."""
+        return self._prior(params, h)
+
+    def posterior(self, params, h, embed):
+        """Posterior latent parameters [..., P] from h [..., H] and the encoder's embed [..., E]."""
+        check_trailing_shape("posterior embed", embed, (self.embed_size,))
+        return self._posterior(params, h, self._posterior_embed(params, embed))
+
+    def posterior_step(self, params, h, embed, noise):
+        """The posterior of one step: (h [..., H], embed [..., E], noise) -> (z [..., Z], posterior [..., P])."""
+        posterior = self.posterior(params, h, embed)
+        return self.latents.distribution(posterior).sample(noise), posterior
+
+    def _posterior_sample(self, params, h, embed_share, noise):
+        posterior = self._posterior(params, h, embed_share)
+        return self.latents.distribution(posterior).sample(noise), posterior
+
+    def prior_step(self, params, h, z, action, noise):
+        """One imagined step: -> (next h [..., H], its prior sample [..., Z], prior parameters [..., P])."""
+        next_h = self.transition(params, h, z, action)
+        prior = self._prior(params, next_h)
+        return next_h, self.latents.distribution(prior).sample(noise), prior
+
+    def observe(self, params, embeds, actions, resets, key) -> Observed:
+        """The posterior pass over sequences: embeds [B, T, E], actions [B, T] or [B, T, A], resets [B, T] (the
+        carry restarts at zero after a step that ends an episode); one noise draw from `key` for all steps."""
+        batch, steps = resets.shape
+        check_trailing_shape("observed embeds", embeds, (batch, steps, self.embed_size))
+        if actions.shape[:2] != (batch, steps):
+            raise ValueError(f"observed actions must have shape [{batch}, {steps}, ...], got {list(actions.shape)}")
+        embed_share = self._posterior_embed(params, embeds)  # [B, T, U], batched over all steps
+
+        def step(h, inputs):  # only what depends on the previous step stays in the scan
+            embed_t, action_t, reset_t, noise_t = inputs
+            z, posterior = self._posterior_sample(params, h, embed_t, noise_t)
+            next_h = self.transition(params, h, z, action_t)
+            return jnp.where(reset_t[:, None], 0.0, next_h), (h, z, next_h, posterior)
+
+        time_major = lambda x: jnp.swapaxes(x, 0, 1)
+        noise = self.latents.noise(key, (steps, batch))  # [T, B, ...]
+        inputs = (time_major(embed_share), time_major(actions), time_major(resets), noise)
+        _, outs = jax.lax.scan(step, self.initial((batch,)), inputs)
+        h, z, next_h, posterior = jax.tree.map(time_major, outs)
+        return Observed(h, z, next_h, self._prior(params, h), posterior)
+
+    def imagine(self, params, start: RSSMState, policy_or_actions, horizon: int, key,
+                readout: Callable | None = None) -> Imagined:
+        """The prior rolled `horizon` steps from start states [N, ...] (or [...]), with given actions [K, N, ...]
+        or a policy: an object with `noise(key, steps)` (its noise for all steps, drawn before the scan) and
+        `act(feat [N, H+Z], noise_t) -> (action, the action the transition reads)`. `readout(h [N, H])`, if
+        given, is read from each new state inside the scan (as the diagnostics' open loop always has)."""
+        check_trailing_shape("imagination start h", start.h, (self.hidden,))
+        steps = (horizon, *start.h.shape[:-1])
+        policy = policy_or_actions if hasattr(policy_or_actions, "act") else None
+        if policy is None:
+            latent_key, inputs = key, policy_or_actions
+        else:
+            action_key, latent_key = jax.random.split(key)
+            inputs = policy.noise(action_key, steps)
+
+        def step(state, inputs_t):  # only what depends on the previous step stays in the scan
+            (h, z), (input_t, noise_t) = state, inputs_t
+            action = model_action = input_t
+            if policy is not None:
+                action, model_action = policy.act(jnp.concatenate([h, z], -1), input_t)
+            next_h, next_z, _ = self.prior_step(params, h, z, model_action, noise_t)
+            outs = None if policy is None else action, None if readout is None else readout(next_h)
+            return (next_h, next_z), (next_h, next_z, *outs)
+
+        _, outs = jax.lax.scan(step, tuple(start), (inputs, self.latents.noise(latent_key, steps)))
+        return Imagined(*outs)
+
+    def kl_loss(self, posterior, prior, free_nats):
+        """KL balancing of latent parameters [..., P], each term clipped below free_nats: "kl_dynamics" pulls the
+        prior toward the posterior, "kl_representation" the posterior toward the prior (each weighted by its
+        loss scale). Returns ({name: [...]}, KL(posterior || prior) [...])."""
+        sg, dist = jax.lax.stop_gradient, self.latents.distribution
+        kl_dynamics = dist(sg(posterior)).kl(dist(prior))
+        kl_representation = dist(posterior).kl(dist(sg(prior)))
+        return {"kl_dynamics": free_bits(kl_dynamics, free_nats),
+                "kl_representation": free_bits(kl_representation, free_nats)}, kl_dynamics
+
+
 class WorldModel(NamedTuple):
     """Pure functions of the world-model parameters (haiku `multi_transform`, no apply rng).
 
-    embed(params, obs [..., *obs]) -> [..., U]: the encoder's output already multiplied by its share of the
-        posterior's first layer (U = num_hidden_units), so a sequence's embeddings go through that layer in
-        one batched matmul outside the posterior's scan
-    prior(params, h [..., H]) -> latent params [..., P]
-    posterior(params, h [..., H], embed [..., U]) -> latent params [..., P]
-    transition(params, h [..., H], z [..., Z], action) -> next h [..., H]; action: integers [...] (discrete,
-        one-hot encoded) or vectors [..., A] (continuous actions, or a discrete one-hot sample), A = num_actions
+    encode(params, obs [..., *obs]) -> embed [..., E], E = encoder_output_size
+    rssm: the RSSM (observe, imagine, its step and KL loss)
     decode(params, feat [..., H+Z]) -> observation logits/means [..., *obs]
     observation(decoded [..., *obs]) -> the observation likelihood of the decoder's outputs, elementwise
         (distributions.observation_distribution; PixelSquared for pixel frames)
-    reward(params, h [..., H]) -> reward head outputs [..., R] (distributions.reward_distribution reads them)
+    reward(params, h [..., H]) -> reward head outputs [..., R] (distributions.Heads.reward reads them)
     termination(params, h [..., H]) -> termination logit [...]
     A categorical z must be a sample (at most one non-zero entry per latent variable, as
     `OneHotCategorical.sample` returns): the layers reading it multiply it by gathering weight rows on CPU
@@ -415,10 +545,8 @@ class WorldModel(NamedTuple):
     """
 
     init: Callable
-    embed: Callable
-    prior: Callable
-    posterior: Callable
-    transition: Callable
+    encode: Callable
+    rssm: RSSM
     decode: Callable
     reward: Callable
     termination: Callable
@@ -430,6 +558,7 @@ def make_world_model(config: Config, obs_shape: tuple[int, ...], num_actions: in
     """The world model of observations [*obs_shape] of the environment's `obs_dtype` and `num_actions` actions."""
     c = config
     pixels = pixel_frames(c, obs_shape, obs_dtype)
+    latent_space = latents(c)
 
     def build():
         encoder = Encoder(c, obs_shape, pixels, name="encoder")
@@ -437,9 +566,9 @@ def make_world_model(config: Config, obs_shape: tuple[int, ...], num_actions: in
         gru = NormGRU(c.num_hidden_units, name="gru") if c.layer_norm else hk.GRU(c.num_hidden_units, name="gru")
         mlp = lambda layers, output_size=None, **kw: MLP(c.num_hidden_units, layers, c.activation, output_size,
                                                          norm=c.layer_norm, **kw)
-        transition_input = mlp(1, one_hot_block=latents(c).one_hot_block(0), name="transition_input")
-        prior_net = mlp(c.num_hidden_layers, latents(c).param_size, name="prior")
-        posterior_net = mlp(c.num_hidden_layers - 1, latents(c).param_size, name="posterior")
+        transition_input = mlp(1, one_hot_block=latent_space.one_hot_block(0), name="transition_input")
+        prior_net = mlp(c.num_hidden_layers, latent_space.param_size, name="prior")
+        posterior_net = mlp(c.num_hidden_layers - 1, latent_space.param_size, name="posterior")
         # The posterior's first layer reads [h, encoder output]; its two blocks of rows are separate layers
         # (initialised as the one layer over H + E inputs would be) so the encoder's block runs batched.
         first_init = hk.initializers.TruncatedNormal(
@@ -450,8 +579,6 @@ def make_world_model(config: Config, obs_shape: tuple[int, ...], num_actions: in
         termination_net = mlp(c.num_hidden_layers, 1, name="termination")
 
         def transition(h, z, action):
-            check_trailing_shape("transition h", h, (c.num_hidden_units,))
-            check_trailing_shape("transition z", z, (latents(c).size,))
             action = jnp.asarray(action)
             if jnp.issubdtype(action.dtype, jnp.integer):  # discrete action indices [...]
                 action = jax.nn.one_hot(action, num_actions, dtype=z.dtype)
@@ -463,27 +590,27 @@ def make_world_model(config: Config, obs_shape: tuple[int, ...], num_actions: in
             _, next_h = gru(x, h)
             return next_h
 
-        def embed(obs):
-            return posterior_embed(encoder(obs))
-
-        def posterior(h, embed):
-            x = posterior_h(h) + embed
+        def posterior(h, embed_share):  # embed_share: posterior_embed(encoder output)
+            x = posterior_h(h) + embed_share
             return posterior_net(ACTIVATIONS[c.activation](layer_norm(x) if c.layer_norm else x))
 
         def termination(h):
             return termination_net(h)[..., 0]
 
         def init(obs, h, z, action):
-            posterior(h, embed(obs))
+            posterior(h, posterior_embed(encoder(obs)))
             decoder(jnp.concatenate([h, z], -1))
             next_h = transition(h, z, action)
             return prior_net(next_h), reward_net(next_h), termination(next_h)
 
-        return init, (embed, prior_net, posterior, transition, decoder, reward_net, termination)
+        return init, (encoder, transition, prior_net, posterior_embed, posterior, decoder, reward_net, termination)
 
     model = hk.without_apply_rng(hk.multi_transform(build))
+    encode, transition, prior, project, posterior, decode, reward, termination = model.apply
+    rssm = RSSM(latent_space, c.num_hidden_units, num_actions, encoder_output_size(c, obs_shape),
+                (transition, prior, project, posterior))
     observation = PixelSquared if pixels else functools.partial(observation_distribution, c)
-    return WorldModel(model.init, *model.apply, observation)
+    return WorldModel(model.init, encode, rssm, decode, reward, termination, observation)
 
 
 def make_actor_critic(config: Config, num_actions: int):

@@ -10,7 +10,7 @@ input drawn before it (`Latents.noise`), which on CPU is far cheaper than a draw
 `latents(config)`, `observation_distribution`, `reward_distribution`, `value_distribution` and `action_distribution`
 are the places that read which distribution a config asks for. A new distribution is a new class here."""
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,14 @@ def takes_part(amount) -> bool:
     (an array, traced inside the program) always, even where it is 0. Keeps configs without the option on the
     program they had before it."""
     return isinstance(amount, jax.Array) or amount != 0
+
+
+def free_bits(kl, free_nats):
+    """max(kl, free_nats): a KL term below `free_nats` is a constant, so it has no gradient there (DreamerV3).
+    The KL as it is where free_nats is the number 0 (a swept value is an array: clipped even where it is 0)."""
+    if takes_part(free_nats):
+        return jnp.maximum(kl, free_nats)
+    return kl
 
 
 def inverse_cdf_sample(u, probs):
@@ -191,6 +199,10 @@ class Bernoulli(NamedTuple):
         l is exactly t - σ(l), and XLA:CPU evaluates one softplus per decoded pixel instead of two."""
         return jax.nn.log_sigmoid(self.logits) - (1.0 - target) * self.logits
 
+    def loss(self, target):
+        """The negative log-likelihood of `target` [...]."""
+        return -self.log_prob(target)
+
     def mode(self):
         return (self.logits > 0).astype(self.logits.dtype)
 
@@ -204,6 +216,10 @@ class Normal(NamedTuple):
     def log_prob(self, x):
         """[...], elementwise."""
         return -0.5 * ((x - self.mean) / jnp.exp(self.log_std)) ** 2 - self.log_std - 0.5 * jnp.log(2 * jnp.pi)
+
+    def loss(self, target):
+        """The negative log-likelihood of `target` [...]."""
+        return -self.log_prob(target)
 
     def mode(self):
         return self.mean
@@ -325,14 +341,19 @@ def action_head_size(config: Config, num_actions: int, continuous: bool) -> int:
     return 2 * num_actions if continuous else num_actions
 
 
-def action_distribution(config: Config, out, continuous: bool, unimix=None):
-    """The policy from actor outputs [..., action_head_size]: a Categorical (with `unimix`, default the config's
-    actor_unimix) for discrete actions, the `continuous_actor` distribution over [-1, 1]^A for continuous ones."""
+def policy_head(config: Config, continuous: bool):
+    """The policy as a function of actor outputs [..., action_head_size] and an unimix amount: a Categorical (with
+    that unimix) for discrete actions, the `continuous_actor` distribution over [-1, 1]^A for continuous ones."""
     if not continuous:
-        return Categorical.from_logits(out, config.actor_unimix if unimix is None else unimix)
+        return Categorical.from_logits
     if config.continuous_actor == "bounded_normal":
-        return BoundedNormal.from_params(out)
-    return TruncatedNormal.from_params(out, config.actor_min_std)
+        return lambda out, unimix=None: BoundedNormal.from_params(out)
+    return lambda out, unimix=None: TruncatedNormal.from_params(out, config.actor_min_std)
+
+
+def action_distribution(config: Config, out, continuous: bool, unimix=None):
+    """The policy from actor outputs (policy_head), with `unimix`, default the config's actor_unimix."""
+    return policy_head(config, continuous)(out, config.actor_unimix if unimix is None else unimix)
 
 
 def actor_gradient(config: Config, continuous: bool) -> str:
@@ -398,6 +419,10 @@ class TwoHotSymlog(NamedTuple):
         target = twohot(symlog(x), twohot_bins(self.logits.shape[-1]))
         return jnp.sum(target * jax.nn.log_softmax(self.logits, -1), -1)
 
+    def loss(self, target):
+        """The negative log-likelihood of `target` [...]."""
+        return -self.log_prob(target)
+
     def mode(self):
         return self.mean
 
@@ -431,13 +456,12 @@ class TwoHotSymexp(NamedTuple):
         target = twohot_at(position, bins.shape[0])
         return jnp.sum(target * jax.nn.log_softmax(self.logits, -1), -1)
 
+    def loss(self, target):
+        """The negative log-likelihood of `target` [...]."""
+        return -self.log_prob(target)
+
     def mode(self):
         return self.mean
-
-
-def twohot_distribution(config: Config, out):
-    """The two-hot head of `twohot_space` on its outputs [..., twohot_bins]."""
-    return TwoHotSymexp(out) if config.twohot_space == "raw" else TwoHotSymlog(out)
 
 
 class SymlogSquared(NamedTuple):
@@ -449,6 +473,10 @@ class SymlogSquared(NamedTuple):
     def log_prob(self, x):
         """-(prediction - symlog(x))^2 [...], elementwise."""
         return -((self.prediction - symlog(x)) ** 2)
+
+    def loss(self, target):
+        """The squared error in symlog space [...], elementwise."""
+        return -self.log_prob(target)
 
     def mode(self):
         return symexp(self.prediction)
@@ -463,6 +491,10 @@ class PixelSquared(NamedTuple):
     def log_prob(self, x):
         """-(prediction - (x / 255 - 0.5))^2 [...], elementwise; x in 0-255."""
         return -((self.prediction - (x / 255.0 - 0.5)) ** 2)
+
+    def loss(self, target):
+        """The squared error in [-0.5, 0.5] [...], elementwise."""
+        return -self.log_prob(target)
 
     def mode(self):
         return jnp.clip((self.prediction + 0.5) * 255.0, 0.0, 255.0)
@@ -480,19 +512,63 @@ def reward_head_size(config: Config) -> int:
     return config.twohot_bins if config.twohot_reward else 2
 
 
-def reward_distribution(config: Config, out):
-    """The reward head's distribution from its outputs [..., reward_head_size]: two-hot symlog bins, or a
+def reward_head(config: Config):
+    """The reward head's distribution, as a function of its outputs [..., reward_head_size]: two-hot bins, or a
     Gaussian (mean, and a log std used where `learn_reward_variance`, else unit variance)."""
     if config.twohot_reward:
-        return twohot_distribution(config, out)
-    return Normal(out[..., 0], out[..., 1] if config.learn_reward_variance else 0.0)
+        return TwoHotSymexp if config.twohot_space == "raw" else TwoHotSymlog
+    if config.learn_reward_variance:
+        return lambda out: Normal(out[..., 0], out[..., 1])
+    return lambda out: Normal(out[..., 0], 0.0)
+
+
+def reward_distribution(config: Config, out):
+    """The reward head's distribution from its outputs [..., reward_head_size] (reward_head)."""
+    return reward_head(config)(out)
 
 
 def value_head_size(config: Config) -> int:
     return config.twohot_bins if config.twohot_critic else 1
 
 
+class MeanSquared(NamedTuple):
+    """A scalar prediction [...] scored by half its squared error (the critic's regression without two-hot
+    bins: a unit-variance Gaussian's negative log-likelihood less its constant)."""
+
+    mean: jax.Array
+
+    def loss(self, target):
+        return 0.5 * (self.mean - target) ** 2
+
+    def mode(self):
+        return self.mean
+
+
+def value_head(config: Config):
+    """The critic's distribution, as a function of its outputs [..., value_head_size]: two-hot bins, or a mean
+    scored by squared error (MeanSquared)."""
+    if config.twohot_critic:
+        return TwoHotSymexp if config.twohot_space == "raw" else TwoHotSymlog
+    return lambda out: MeanSquared(out[..., 0])
+
+
 def value_distribution(config: Config, out):
-    """The critic's distribution from its outputs [..., value_head_size]: two-hot bins, or a unit-variance
-    Gaussian around out[..., 0]."""
-    return twohot_distribution(config, out) if config.twohot_critic else Normal(out[..., 0])
+    """The critic's distribution from its outputs [..., value_head_size] (value_head)."""
+    return value_head(config)(out)
+
+
+class Heads(NamedTuple):
+    """The distributions the agent's networks output, chosen from the config once when the agent is made: each
+    a function of a network's outputs (policy: of the actor's outputs and the unimix amount, which a sweep may
+    set), each distribution owning its `loss(target)`."""
+
+    latents: CategoricalLatents | GaussianLatents
+    reward: Callable  # reward head outputs [..., R] -> distribution over the reward [...]
+    value: Callable  # critic outputs [..., V] -> distribution over the return [...]
+    policy: Callable  # (actor outputs [..., action_head_size], unimix) -> distribution over actions
+    continuous: bool  # whether the actions are vectors [A] in [-1, 1] (else integers [])
+
+
+def make_heads(config: Config, continuous: bool) -> Heads:
+    return Heads(latents(config), reward_head(config), value_head(config), policy_head(config, continuous),
+                 continuous)

@@ -15,10 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agent.distributions import latents, reward_distribution
+from agent.distributions import reward_head
 from experiment.config import Config
-from losses_and_evaluation import imagine_step, observe_sequence
-from networks import make_world_model
+from networks import RSSMState, make_world_model
 
 EVALUATION_KEY_TAG = 0xE7A1  # folded into each run's PRNGKey(seed) for its evaluation episodes
 VIDEO_KEY_TAG = 0x71DE  # folded into each run's PRNGKey(seed) for its recorded episodes
@@ -139,8 +138,8 @@ class Dream(NamedTuple):
 
 def dream(config: Config, wm, wm_params, obs, action, key, context: int = DREAM_CONTEXT) -> Dream:
     """Reconstruction and open-loop prediction of one recorded sequence obs [T, *obs], action [T] (no episode end
-    inside it): the posterior observes every frame for the reconstruction; the prediction observes frames
-    0..context-1, then rolls the prior forward with the recorded actions (imagine_step, as imagination does)."""
+    inside it): the posterior observes every frame for the reconstruction (RSSM.observe); the prediction
+    observes frames 0..context-1, then rolls the prior forward with the recorded actions (RSSM.imagine)."""
     c = config
     observe_key, open_loop_key = jax.random.split(key)
 
@@ -149,25 +148,20 @@ def dream(config: Config, wm, wm_params, obs, action, key, context: int = DREAM_
         return jax.nn.sigmoid(out) if c.binary_state else wm.observation(out).mode()
 
     steps = action.shape[0]
-    h, z, next_h, _, _ = observe_sequence(c, wm, wm_params, obs[None].astype(jnp.float32), action[None],
-                                          jnp.zeros((1, steps), bool), observe_key)
-    h, z, next_h = h[0], z[0], next_h[0]  # [T, ...]
+    embeds = wm.encode(wm_params, obs[None].astype(jnp.float32))  # [1, T, E]
+    seq = wm.rssm.observe(wm_params, embeds, action[None], jnp.zeros((1, steps), bool), observe_key)
+    h, z, next_h = seq.h[0], seq.z[0], seq.next_h[0]  # [T, ...]
     reconstruction = decoded(jnp.concatenate([h, z], -1))
-
-    def open_loop_step(carry, inputs):
-        action_t, noise_t = inputs
-        next_h_t, next_z_t, _ = imagine_step(c, wm, wm_params, *carry, action_t, noise_t)
-        return (next_h_t, next_z_t), (next_h_t, next_z_t)
 
     # From the last context step's posterior, transitions context-1 .. T-1 lead to the states of frames
     # context .. T (the last one past the window: only its reward is shown).
-    noise = latents(c).noise(open_loop_key, (steps - context + 1,))
-    _, (open_h, open_z) = jax.lax.scan(open_loop_step, (h[context - 1], z[context - 1]), (action[context - 1:], noise))
-    predicted = decoded(jnp.concatenate([open_h[:-1], open_z[:-1]], -1))
+    start = RSSMState(h[context - 1], z[context - 1])
+    open_loop = wm.rssm.imagine(wm_params, start, action[context - 1:], steps - context + 1, open_loop_key)
+    predicted = decoded(jnp.concatenate([open_loop.h[:-1], open_loop.z[:-1]], -1))
     prediction = jnp.concatenate([reconstruction[:context], predicted], 0)
     # the reward of transition t reads the state after it: the posterior's for t < context - 1, then open loop
-    reward_h = jnp.concatenate([next_h[:context - 1], open_h], 0)  # [T, H]
-    return Dream(reconstruction, prediction, reward_distribution(c, wm.reward(wm_params, reward_h)).mean)
+    reward_h = jnp.concatenate([next_h[:context - 1], open_loop.h], 0)  # [T, H]
+    return Dream(reconstruction, prediction, reward_head(c)(wm.reward(wm_params, reward_h)).mean)
 
 
 def dream_length(num_frames: int) -> int:

@@ -1,7 +1,6 @@
 """The training update: one step of the world model, the actor and the critic on a batch of replayed sequences,
 with the optimizer recipe they share. A non-finite loss, gradient or update skips the step and is flagged."""
 
-import copy
 from typing import Callable
 
 import jax
@@ -9,10 +8,11 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from agent.distributions import actor_gradient, latents
+from agent.distributions import Heads
 from envs.protocol import EnvSpec
-from experiment.config import Config
-from losses_and_evaluation import actor_critic_losses, imagine, world_model_loss
+from experiment.config import SWEEPABLE_KEYS, Config
+from losses_and_evaluation import ActorCritic, ActorPolicy, actor_critic_losses, imagine, world_model_loss
+from networks import RSSMState, WorldModel
 from replay_buffer import sample_sequences, unpack_frames
 
 # The training metric that flags a non-finite update (int32, 0 for a finite one): bit i set where the loss
@@ -22,36 +22,36 @@ NUMERICAL_FAULT = "numerical_fault"
 NUMERICAL_FAULT_LOSSES = ("world-model", "actor", "critic")
 
 
-def make_train_update(config: Config, spec: EnvSpec, wm, actor, critic) -> Callable:
+def make_train_update(config: Config, spec: EnvSpec, wm: WorldModel, heads: Heads, ac: ActorCritic) -> Callable:
     """The per-seed training update, RunState -> (RunState, metrics): a dict of scalars, NUMERICAL_FAULT among
-    them. `wm`, `actor` and `critic` are the transformed haiku modules (networks.py)."""
-    hidden, z_size = config.num_hidden_units, latents(config).size
+    them. `wm` is the world model (networks.py), `ac` what the actor-critic losses are made of."""
+    c = config
+    hidden, z_size = c.num_hidden_units, heads.latents.size
     action_dims = spec.num_actions if spec.continuous else None  # continuous actions' components
+    # With the dynamics gradient the rollout is a function of the actor's parameters, differentiated with the
+    # actor's loss (the world model's parameters are not differentiated: the loss does not update them).
+    dynamics = ac.gradient.kind != "reinforce"
 
     def train_update(state):
-        c = with_run_values(config, state.hparams)
+        values = run_values(c, state.hparams)
         key, sample_key, wm_key, imagine_key = jax.random.split(state.key, 4)
         params, opt = state.params, state.opt_states
         batch = sample_sequences(state.replay, sample_key, c.batch_size, c.sequence_length, c.maximize_nonterminal)
         if c.binary_state:
             batch = batch._replace(obs=unpack_frames(batch.obs, spec.obs_shape))  # [B, T, *obs] uint8
 
-        wm_grad_fn = jax.value_and_grad(lambda p: world_model_loss(c, wm, p, batch, wm_key), has_aux=True)
+        wm_grad_fn = jax.value_and_grad(lambda p: world_model_loss(wm, heads, values, p, batch, wm_key), has_aux=True)
         (wm_loss, (metrics, posterior)), wm_grads = wm_grad_fn(params.world_model)
-        start_h = jax.lax.stop_gradient(posterior.h.reshape(-1, hidden))  # [B*T, H]
-        start_z = jax.lax.stop_gradient(posterior.z.reshape(-1, z_size))  # [B*T, Z]
-        # With the dynamics gradient the rollout is a function of the actor's parameters, differentiated with the
-        # actor's loss (the world model's parameters are not differentiated: the loss does not update them).
-        dynamics = actor_gradient(c, spec.continuous) != "reinforce"
-        rollout_of = lambda actor_params: imagine(c, wm, params.world_model, actor.apply, actor_params, start_h,
-                                                  start_z, imagine_key, None, action_dims, straight_through=dynamics)
+        start = jax.lax.stop_gradient(RSSMState(posterior.h.reshape(-1, hidden), posterior.z.reshape(-1, z_size)))
+        rollout_of = lambda actor_params: imagine(
+            wm, heads, params.world_model, ActorPolicy(ac.actor_apply, actor_params, heads, values["actor_unimix"],
+                                                       action_dims, dynamics), start, imagine_key, c.rollout_length)
         fixed_rollout = None if dynamics else rollout_of(params.actor)
 
         def actor_critic_loss(actor_params, critic_params):
             rollout = rollout_of(actor_params) if dynamics else fixed_rollout
             actor_loss, critic_loss, ac_metrics = actor_critic_losses(
-                c, actor.apply, critic.apply, actor_params, critic_params, params.target_critic, rollout,
-                state.return_scale, spec.continuous)
+                ac, values, actor_params, critic_params, params.target_critic, rollout, state.return_scale)
             # disjoint params: each gets its own loss's gradient
             return actor_loss + critic_loss, (actor_loss, critic_loss, ac_metrics)
 
@@ -61,7 +61,7 @@ def make_train_update(config: Config, spec: EnvSpec, wm, actor, critic) -> Calla
         grads = (wm_grads, actor_grads, critic_grads)
         grad_norms = tuple(flat_norm(g) for g in grads)
         updates, new_opt = zip(*(optimizer.update(g, o, p)  # per network; the target critic has no optimizer
-                                 for optimizer, g, o, p in zip(optimizers(c), grads, opt, params)))
+                                 for optimizer, g, o, p in zip(optimizers(c, values), grads, opt, params)))
         # Bit i set: network i's loss (NUMERICAL_FAULT_LOSSES), gradient or update is non-finite (a non-finite
         # gradient leaf makes the global norm non-finite). Any bit set skips the whole update, so that params and
         # optimizer states keep their values; a `where`, not a `cond`: the update is vmapped over seeds. Checking
@@ -88,17 +88,24 @@ def make_train_update(config: Config, spec: EnvSpec, wm, actor, critic) -> Calla
     return train_update
 
 
-def optimizers(run_config: Config) -> tuple[optax.GradientTransformation, ...]:
-    """(world model, actor, critic) optimizers; the learning rates may be a run's swept values."""
-    rc = run_config
-    model = make_optimizer(rc, rc.model_alpha, eps=rc.model_eps_adam or None, clip=rc.model_grad_clip or None)
-    return model, make_optimizer(rc, rc.pi_alpha), make_optimizer(rc, rc.V_alpha)
+def run_values(config: Config, hparams: dict) -> dict:
+    """{sweepable key: value} as one run sees them (experiment.config.SWEEPABLE_KEYS): the run's swept value (an
+    array, traced inside the program) where the key is swept, else the config's number. The losses, the
+    optimizers and acting read the sweepable keys from here, never from the config."""
+    return {key: hparams[key] if key in hparams else getattr(config, key) for key in SWEEPABLE_KEYS}
 
 
-def make_optimizer(config: Config, learning_rate: float, eps: float | None = None,
+def optimizers(config: Config, values: dict) -> tuple[optax.GradientTransformation, ...]:
+    """(world model, actor, critic) optimizers; learning rates and constants from the run's `values`."""
+    model = make_optimizer(values, values["model_alpha"], eps=config.model_eps_adam or None,
+                           clip=config.model_grad_clip or None)
+    return model, make_optimizer(values, values["pi_alpha"]), make_optimizer(values, values["V_alpha"])
+
+
+def make_optimizer(values: dict, learning_rate: float, eps: float | None = None,
                    clip: float | None = None) -> optax.GradientTransformation:
-    """The one optimizer recipe: global-norm clipping (at `clip`, default grad_clip), then AdamW (epsilon `eps`,
-    default eps_adam) with decoupled weight decay.
+    """The one optimizer recipe: global-norm clipping (at `clip`, default the run's grad_clip), then AdamW
+    (epsilon `eps`, default eps_adam) with decoupled weight decay (wd_adam); `values` as run_values returns them.
 
     Clipping and Adam run on each network's gradients concatenated into one vector (`optax.flatten`; the
     moments are stored flat too): the same maths as leaf by leaf, but a handful of kernels instead of several
@@ -108,9 +115,9 @@ def make_optimizer(config: Config, learning_rate: float, eps: float | None = Non
     inside `optax.flatten`, XLA:GPU fused the parameters' concatenation into every parameter's update, so
     no update was in place and the skip-training branch of the loop's `cond` copied all parameters at every
     acting step.) The state has the layout of `optax.flatten(chain(clip, adamw))`."""
-    flat = optax.flatten(optax.chain(optax.clip_by_global_norm(config.grad_clip if clip is None else clip),
-                                     optax.scale_by_adam(eps=config.eps_adam if eps is None else eps)))
-    decay = optax.add_decayed_weights(config.wd_adam)
+    flat = optax.flatten(optax.chain(optax.clip_by_global_norm(values["grad_clip"] if clip is None else clip),
+                                     optax.scale_by_adam(eps=values["eps_adam"] if eps is None else eps)))
+    decay = optax.add_decayed_weights(values["wd_adam"])
     scale = optax.scale_by_learning_rate(learning_rate)
 
     def init(params):
@@ -125,18 +132,6 @@ def make_optimizer(config: Config, learning_rate: float, eps: float | None = Non
         return updates, (clip_state, (adam_state, decay_state, scale_state))
 
     return optax.GradientTransformation(init, update)
-
-
-def with_run_values(config: Config, hparams: dict) -> Config:
-    """The config as one run of a sweep sees it: its swept keys hold that run's values (arrays, traced inside
-    the program) instead of the config's numbers. Without a sweep, the config itself. Built without the
-    config's checks, which need Python numbers: the sweep's values were checked when the config was made."""
-    if not hparams:
-        return config
-    run_config = copy.copy(config)
-    for key, value in hparams.items():
-        object.__setattr__(run_config, key, value)
-    return run_config
 
 
 def all_finite(tree) -> jax.Array:

@@ -29,13 +29,20 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from bench_loop import machine_info  # noqa: E402  (this folder is on sys.path when run as a script)
 
-from agent.distributions import latents  # noqa: E402
+from agent.distributions import actor_gradient, make_heads  # noqa: E402
+from agent.training_step import run_values  # noqa: E402
 from agent_environment_interaction_loop import compiler_options  # noqa: E402
 from environments import environment_from_config, seed_environments  # noqa: E402
 from experiment.config import load_config  # noqa: E402
 from initialization import make_agent  # noqa: E402
-from losses_and_evaluation import actor_critic_losses, imagine, world_model_loss  # noqa: E402
-from networks import make_actor_critic, make_world_model  # noqa: E402
+from losses_and_evaluation import (  # noqa: E402
+    ActorPolicy,
+    actor_critic_losses,
+    imagine,
+    make_actor_critic_losses,
+    world_model_loss,
+)
+from networks import RSSMState, make_actor_critic, make_world_model  # noqa: E402
 from replay_buffer import add, sample_sequences, unpack_frames  # noqa: E402
 
 
@@ -135,16 +142,19 @@ def main(argv=None):
     params, key = state.params, jax.random.PRNGKey(3)
 
     options = compiler_options()  # as the training programs are compiled
-    wm_grad = jax.value_and_grad(lambda p, b, k: world_model_loss(c, wm, p, b, k), has_aux=True)
+    heads = make_heads(c, env.spec.continuous)
+    ac = make_actor_critic_losses(c, actor.apply, critic.apply, heads, actor_gradient(c, env.spec.continuous))
+    values = run_values(c, {})
+    wm_grad = jax.value_and_grad(lambda p, b, k: world_model_loss(wm, heads, values, p, b, k), has_aux=True)
     wm_step = jax.jit(wm_grad, compiler_options=options)
     (_, (_, posterior)), _ = wm_step(params.world_model, batch, key)
     start_h = posterior.h.reshape(-1, c.num_hidden_units)
-    start_z = posterior.z.reshape(-1, latents(c).size)
+    start_z = posterior.z.reshape(-1, heads.latents.size)
 
     def actor_critic_step(params, start_h, start_z, key):
-        rollout = imagine(c, wm, params.world_model, actor.apply, params.actor, start_h, start_z, key)
-        loss = lambda a, v: sum(actor_critic_losses(c, actor.apply, critic.apply, a, v, params.target_critic,
-                                                    rollout)[:2])
+        policy = ActorPolicy(actor.apply, params.actor, heads, values["actor_unimix"])
+        rollout = imagine(wm, heads, params.world_model, policy, RSSMState(start_h, start_z), key, c.rollout_length)
+        loss = lambda a, v: sum(actor_critic_losses(ac, values, a, v, params.target_critic, rollout)[:2])
         return jax.grad(loss, argnums=(0, 1))(params.actor, params.critic)
 
     train_update = agent.train_update

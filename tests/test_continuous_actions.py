@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from latent_functions import config_actor_critic_losses as actor_critic_losses
+from latent_functions import config_imagine as imagine
 from scipy import stats
 
 from agent.distributions import BoundedNormal, TruncatedNormal, actor_gradient
@@ -18,7 +20,6 @@ from envs.protocol import EnvSpec, check_action_space, to_bounds
 from experiment.config import ConfigError, load_config
 from experiment.runner import run
 from initialization import make_agent
-from losses_and_evaluation import actor_critic_losses, imagine
 from networks import make_actor_critic, make_world_model
 from replay_buffer import add
 from runtime import checkpoint

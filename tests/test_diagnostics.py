@@ -11,11 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agent.distributions import observation_distribution
+from agent.distributions import latents, make_heads, observation_distribution
+from agent.training_step import run_values
 from experiment import cli
 from experiment.config import Config
 from losses_and_evaluation import model_diagnostics, through_first_episode_end
-from networks import WorldModel
+from networks import RSSM, WorldModel
 from replay_buffer import SequenceBatch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,12 +40,12 @@ def known_world_model(reward_head=None, termination_head=None) -> WorldModel:
 
     exact_reward = lambda params, h: jnp.stack([h[..., 2], jnp.zeros_like(h[..., 2])], -1)
     exact_termination = lambda params, h: 50.0 * (2.0 * h[..., 3] - 1.0)
+    prior = lambda params, h: jnp.zeros((*h.shape[:-1], NUM_CLASSES))  # uniform
+    posterior = lambda params, h, embed: 100.0 * jax.nn.one_hot(embed[..., 1].astype(jnp.int32), NUM_CLASSES)
+    rssm = RSSM(latents(CONFIG), CONFIG.num_hidden_units, NUM_ACTIONS, 2,
+                (transition, prior, lambda params, embed: embed, posterior))
     return WorldModel(
-        init=None,
-        embed=lambda params, obs: obs,
-        prior=lambda params, h: jnp.zeros((*h.shape[:-1], NUM_CLASSES)),  # uniform
-        posterior=lambda params, h, embed: 100.0 * jax.nn.one_hot(embed[..., 1].astype(jnp.int32), NUM_CLASSES),
-        transition=transition, decode=decode,
+        init=None, encode=lambda params, obs: obs, rssm=rssm, decode=decode,
         reward=reward_head or exact_reward, termination=termination_head or exact_termination,
         observation=functools.partial(observation_distribution, CONFIG))
 
@@ -71,7 +72,8 @@ def two_sequences() -> SequenceBatch:
 
 
 def diagnostics(wm, batch=None, config=CONFIG):
-    stats = model_diagnostics(config, wm, None, always_action_1, None, batch or two_sequences(), jax.random.PRNGKey(0))
+    stats = model_diagnostics(config, run_values(config, {}), wm, make_heads(config, False), None, always_action_1,
+                              None, batch or two_sequences(), jax.random.PRNGKey(0))
     return {name: float(value) for name, value in stats.items()}
 
 

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from latent_functions import kl_balance_loss
 
 from agent.distributions import (
     Categorical,
@@ -16,6 +17,7 @@ from agent.distributions import (
     SymlogSquared,
     TwoHotSymexp,
     TwoHotSymlog,
+    free_bits,
     latents,
     symexp,
     symexp_bins,
@@ -24,7 +26,6 @@ from agent.distributions import (
     twohot_bins,
 )
 from experiment.config import DREAMERV3, Config, load_config
-from losses_and_evaluation import free_bits, kl_balance_loss
 from networks import NormGRU, make_actor_critic, make_world_model
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

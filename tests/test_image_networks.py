@@ -47,7 +47,7 @@ def test_strided_network_shapes_and_parameter_counts(side):
     ups = sum(16 * c_in * c_out for c_in, c_out in zip(channels[:0:-1], channels[-2::-1])) + 16 * channels[0] * 3 + 3
     assert _count(params, "decoder") == linear + ups + sum(2 * c for c in channels[:-1])
     frames = jnp.zeros((2, 5, side, side, 3))
-    assert wm.embed(params, frames).shape == (2, 5, CONFIG.num_hidden_units)
+    assert wm.encode(params, frames).shape == (2, 5, encoder_output_size(CONFIG, (side, side, 3)))
     assert wm.decode(params, jnp.zeros((2, 5, feat))).shape == (2, 5, side, side, 3)
 
 
@@ -55,10 +55,10 @@ def test_the_gradient_reaches_every_layer_of_the_encoder_and_decoder():
     wm, params = _params((64, 64, 3))
     frames = jax.random.randint(jax.random.PRNGKey(1), (2, 64, 64, 3), 0, 256).astype(jnp.float32)
     feat_size = CONFIG.num_hidden_units + latents(CONFIG).size
-    project = jax.random.normal(jax.random.PRNGKey(2), (CONFIG.num_hidden_units, feat_size))
+    project = jax.random.normal(jax.random.PRNGKey(2), (encoder_output_size(CONFIG, (64, 64, 3)), feat_size))
 
     def loss(params):  # frames -> embedding -> a fixed projection to features -> decoded frames
-        decoded = wm.decode(params, wm.embed(params, frames) @ project)
+        decoded = wm.decode(params, wm.encode(params, frames) @ project)
         return -jnp.mean(wm.observation(decoded).log_prob(frames))
 
     grads = jax.grad(loss)(params)

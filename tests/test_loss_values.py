@@ -7,12 +7,17 @@ output; random numbers are drawn with the same keys and shapes as the code under
 
 import dataclasses
 import os
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from latent_functions import config_actor_critic_losses as actor_critic_losses
+from latent_functions import config_imagine as imagine
+from latent_functions import config_world_model_loss as world_model_loss
 from latent_functions import (
+    kl_balance_loss,
     latent_entropy,
     latent_kl,
     latent_kl_to_standard_normal,
@@ -25,11 +30,7 @@ from agent.distributions import Bernoulli, Normal
 from experiment.config import load_config
 from losses_and_evaluation import (
     ImaginedRollout,
-    actor_critic_losses,
-    imagine,
-    kl_balance_loss,
     lambda_returns,
-    world_model_loss,
 )
 from networks import make_actor_critic, make_world_model
 from replay_buffer import SequenceBatch
@@ -66,7 +67,11 @@ def tiny_world_model(config, seed=0):
 def jitted(wm):
     """The world model with each network compiled once for the reference loops: op-by-op dispatch would compile
     every primitive separately, which is most of the time these tests take on CPU."""
-    return wm._make([wm.init, *(jax.jit(f) for f in wm[1:])])
+    rssm = types.SimpleNamespace(posterior=jax.jit(wm.rssm.posterior), prior=jax.jit(wm.rssm.prior),
+                                 transition=jax.jit(wm.rssm.transition))
+    return types.SimpleNamespace(rssm=rssm, encode=jax.jit(wm.encode), decode=jax.jit(wm.decode),
+                                 reward=jax.jit(wm.reward), termination=jax.jit(wm.termination),
+                                 observation=wm.observation)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,15 +295,15 @@ def np_world_model_terms(config, wm, params, batch, noise):
     terms = {name: np.zeros((batch_size, seq_len)) for name in names}
     hs, zs = [], []
     for t in range(seq_len):
-        post = f64(wm.posterior(params, h, wm.embed(params, jnp.asarray(obs[:, t]))))
-        prior = f64(wm.prior(params, h))  # the prior of z_t reads the same h_t as the posterior
+        post = f64(wm.rssm.posterior(params, h, wm.encode(params, jnp.asarray(obs[:, t]))))
+        prior = f64(wm.rssm.prior(params, h))  # the prior of z_t reads the same h_t as the posterior
         z = jnp.asarray(np_latent_sample(c, np.asarray(noise[t]), post), jnp.float32)
         decoded = f64(wm.decode(params, jnp.concatenate([h, z], -1)))  # [B, *obs]
         if c.binary_state:
             terms["obs"][:, t] = np_bernoulli_log_prob(decoded, obs[:, t]).sum(-1)
         else:
             terms["obs"][:, t] = np_gaussian_log_prob(decoded, 1.0, obs[:, t]).sum(-1)
-        next_h = wm.transition(params, h, z, jnp.asarray(batch.action[:, t]))
+        next_h = wm.rssm.transition(params, h, z, jnp.asarray(batch.action[:, t]))
         # r_t and d_t follow a_t: their heads read h_{t+1}, computed before any reset
         reward_out = f64(wm.reward(params, next_h))
         reward_std = np.exp(reward_out[:, 1]) if c.learn_reward_variance else 1.0
@@ -468,8 +473,8 @@ def test_imagine_matches_a_python_loop_over_the_networks(latent_type):
         # the action of step k is drawn from the actor's distribution at the current feature [h_k, z_k]
         probs = np.exp(np_log_softmax(f64(actor(actor_params, jnp.concatenate([h, z], -1)))))
         action = np_inverse_cdf(action_u[k, :, 0], probs)
-        next_h = networks.transition(params, h, z, jnp.asarray(action))
-        z = jnp.asarray(np_latent_sample(c, noise[k], f64(networks.prior(params, next_h))), jnp.float32)
+        next_h = networks.rssm.transition(params, h, z, jnp.asarray(action))
+        z = jnp.asarray(np_latent_sample(c, noise[k], f64(networks.rssm.prior(params, next_h))), jnp.float32)
         # the transition's reward and continuation are read from h_{k+1}, as the world model was trained
         rewards.append(f64(networks.reward(params, next_h))[:, 0])
         conts.append(1 / (1 + np.exp(f64(networks.termination(params, next_h)))))

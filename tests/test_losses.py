@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from latent_functions import config_world_model_loss as world_model_loss
 from latent_functions import (
+    kl_balance_loss,
     latent_entropy,
     latent_kl,
     latent_noise,
@@ -18,9 +20,9 @@ from latent_functions import (
 )
 
 from agent.distributions import Categorical
-from agent.training_step import make_optimizer
+from agent.training_step import make_optimizer, run_values
 from experiment.config import Config
-from losses_and_evaluation import kl_balance_loss, lambda_returns, world_model_loss
+from losses_and_evaluation import lambda_returns
 from networks import make_world_model
 from replay_buffer import SequenceBatch
 
@@ -127,8 +129,8 @@ def test_rssm_and_world_model_loss_shapes(obs_shape, no_conv, latent_type):
     hidden, z_size = 16, latent_size(config)
     params = wm.init(jax.random.PRNGKey(0), jnp.zeros(obs_shape), jnp.zeros(hidden), jnp.zeros(z_size), 0)
     h = jnp.zeros((7, hidden))
-    assert wm.embed(params, jnp.zeros((7, *obs_shape))).shape[0] == 7
-    assert wm.transition(params, h, jnp.zeros((7, z_size)), jnp.zeros(7, jnp.int32)).shape == (7, hidden)
+    assert wm.encode(params, jnp.zeros((7, *obs_shape))).shape[0] == 7
+    assert wm.rssm.transition(params, h, jnp.zeros((7, z_size)), jnp.zeros(7, jnp.int32)).shape == (7, hidden)
     assert wm.decode(params, jnp.zeros((2, 7, hidden + z_size))).shape == (2, 7, *obs_shape)
     assert wm.termination(params, h).shape == (7,)
 
@@ -167,7 +169,7 @@ def test_flat_optimizer_matches_the_same_recipe_leaf_by_leaf():
     config = dataclasses.replace(Config(), grad_clip=1.0, wd_adam=1e-2)
     leafwise = optax.chain(optax.clip_by_global_norm(config.grad_clip),
                            optax.adamw(1e-2, eps=config.eps_adam, weight_decay=config.wd_adam))
-    flat = make_optimizer(config, 1e-2)
+    flat = make_optimizer(run_values(config, {}), 1e-2)
     keys = iter(jax.random.split(jax.random.PRNGKey(0), 16))
     params = {"a": {"w": jax.random.normal(next(keys), (3, 4)), "b": jax.random.normal(next(keys), (4,))},
               "c": {"w": jax.random.normal(next(keys), (5,))}}
@@ -202,7 +204,7 @@ def test_the_optimizer_never_concatenates_the_parameters():
     # parameters were concatenated (weight decay inside optax.flatten), XLA:GPU fused that concatenation into
     # every parameter's update and the loop's skip-training branch copied all parameters at every env step.
     config = dataclasses.replace(Config(), wd_adam=1e-2)
-    optimizer = make_optimizer(config, 1e-2)
+    optimizer = make_optimizer(run_values(config, {}), 1e-2)
     params = {"a": {"w": jnp.ones((3, 4)), "b": jnp.ones((4,))}, "c": jnp.ones((5,))}
     grads, state = jax.tree.map(lambda x: 0.5 * x, params), optimizer.init(params)
     closed = jax.make_jaxpr(lambda p: optax.apply_updates(p, optimizer.update(grads, state, p)[0]))(params)
@@ -223,7 +225,7 @@ def test_networks_refuse_inputs_of_the_wrong_width_when_traced():
         wm.init(jax.random.PRNGKey(0), jnp.zeros(4), jnp.zeros(16), jnp.zeros(12), 0)
     params = wm.init(jax.random.PRNGKey(0), jnp.zeros(5), jnp.zeros(16), jnp.zeros(12), 0)
     with pytest.raises(ValueError, match=r"transition z must have shape \[\.\.\., 12\], got \[2, 4\]"):
-        wm.transition(params, jnp.zeros((2, 16)), jnp.zeros((2, 4)), jnp.zeros(2, jnp.int32))
+        wm.rssm.transition(params, jnp.zeros((2, 16)), jnp.zeros((2, 4)), jnp.zeros(2, jnp.int32))
     actor, _ = make_actor_critic(config, 3)
     actor_params = actor.init(jax.random.PRNGKey(0), jnp.zeros(28))
     with pytest.raises(ValueError, match=r"actor feature must have shape \[\.\.\., 28\]"):

@@ -96,8 +96,8 @@ def test_a_faulty_update_keeps_its_seeds_parameters_and_leaves_the_other_seed_al
 def test_a_non_finite_gradient_of_a_finite_loss_is_a_fault(debug_config, monkeypatch):
     real_loss = training_step.world_model_loss
 
-    def loss_with_nan_gradient(c, wm, params, batch, key):
-        loss, aux = real_loss(c, wm, params, batch, key)
+    def loss_with_nan_gradient(wm, heads, values, params, batch, key):
+        loss, aux = real_loss(wm, heads, values, params, batch, key)
         leaf = jax.tree.leaves(params)[0]
         # adds 0, whose gradient is NaN (sqrt of a negative number behind a `where`)
         return loss + jnp.sum(jnp.where(True, 0.0, jnp.sqrt(-1.0 - leaf**2))), aux
