@@ -9,6 +9,8 @@ axis on every leaf) to (RunState, per-step metrics).
   refresh) are jitted, each compiled once, with the state donated so the replay buffer is updated in place.
 """
 
+import os
+import re
 from typing import Callable, NamedTuple
 
 import jax
@@ -61,8 +63,13 @@ def compiler_options() -> dict | None:
     instead of the default: the block compiles about a quarter faster and runs as fast, since the time goes
     to matmuls and convolutions in precompiled libraries, not to the generated elementwise loops (measured:
     `git show f1b95ab:bench/README.md`, "Where the compile time goes"). The float results differ from the
-    default level's in the last bits, deterministically. Other backends keep XLA's defaults."""
-    return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
+    default level's in the last bits, deterministically. A level set in XLA_FLAGS (read at each call) is taken
+    instead: at 0 a block compiles about a quarter faster again and trains up to 1.5x slower, which suits
+    short runs such as the test suite's (docs/performance.md). Other backends keep XLA's defaults."""
+    if jax.default_backend() != "cpu":
+        return None
+    levels = re.findall(r"--xla_backend_optimization_level=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    return {"xla_backend_optimization_level": int(levels[-1]) if levels else 1}
 
 
 def _jit_piece(piece: Callable, donate_first: bool = True) -> Callable:

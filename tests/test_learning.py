@@ -3,11 +3,22 @@ gymnasium CartPole-v1 through the Python path (random scores about 22), far abov
 small preset, unchanged but for the environment, learns two different tasks: Catch (discrete actions, 0/1 frames)
 and gymnax Pendulum-v1 (continuous actions, real-valued observations)."""
 
+import os
+
 import numpy as np
+import pytest
 
 from environments import environment_from_config
 from experiment.config import load_config
 from experiment.runner import run
+
+
+@pytest.fixture(autouse=True)
+def scripts_compiler_level(monkeypatch):
+    """The training programs compiled at the scripts' LLVM level 1 (the suite's other runs are short and
+    compile at 0, tests/conftest.py): these runs are long, and level 0 trains up to 1.5x slower."""
+    monkeypatch.setenv("XLA_FLAGS", os.environ["XLA_FLAGS"].replace("--xla_backend_optimization_level=0",
+                                                                    "--xla_backend_optimization_level=1"))
 
 
 def test_quickstart_agent_learns_catch():
