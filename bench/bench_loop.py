@@ -146,6 +146,20 @@ def warm_up(block, state, warm: bool):
     return state, seconds, len(_compiles) - compiles_before
 
 
+def timed_with_env(block, state, repeats: int, env):
+    """time_block, and the seconds per block a Python family that keeps its own times (`env.seconds`, DMC's
+    simulator steps and rendering) spent in each part: {} for the others."""
+    before = dict(getattr(env, "seconds", {}))
+    state, seconds = time_block(block, state, repeats)
+    return state, seconds, {part: (env.seconds[part] - spent) / repeats for part, spent in before.items()}
+
+
+def env_shares(env_seconds: dict, block_s: float, phase: str) -> dict:
+    """The share of a block spent in each part the family times (DMC: its simulators' steps, rendering
+    included, and rendering alone), over the block's best time: e.g. {"training_render_share": 0.3}."""
+    return {f"{phase}_{part}_share": seconds / block_s for part, seconds in env_seconds.items()}
+
+
 def bench_seeds(config, env, num_seeds: int, steps: int, repeats: int, num_devices: int = 1,
                 drivers: str = "compiled") -> dict:
     placement = devices.Placement(jax.devices()[:num_devices])
@@ -153,13 +167,13 @@ def bench_seeds(config, env, num_seeds: int, steps: int, repeats: int, num_devic
     loop = loop_block(config, env, num_seeds, steps, (repeats + warm + 1) * steps, placement, drivers)
     config, block = loop.config, loop.block
     state, acting_warmup_s, acting_programs = warm_up(block, loop.state, warm)
-    state, acting_s = time_block(block, state, repeats)
+    state, acting_s, acting_env_s = timed_with_env(block, state, repeats, env)
     assert int(state.updates[0]) == 0, "acting-only blocks must not train"
     # Jump the shared step counter past training_start_time: the replay already holds enough sequences.
     state = state._replace(env_steps=placement.put(jnp.full_like(state.env_steps, config.training_start_time)))
     state, training_warmup_s, training_programs = warm_up(block, state, warm)
     updates_before = int(state.updates[0])
-    state, training_s = time_block(block, state, repeats)
+    state, training_s, training_env_s = timed_with_env(block, state, repeats, env)
     updates_per_block = (int(state.updates[0]) - updates_before) / repeats  # seed 0's, per timed training block
     assert updates_per_block > 0
     loop.envs.close()
@@ -178,7 +192,9 @@ def bench_seeds(config, env, num_seeds: int, steps: int, repeats: int, num_devic
             "replay_bytes_per_seed": replay_bytes,
             "update_seed_batch": update_seed_batch(config.update_seed_batch, config.num_runs // num_devices,
                                                   seed_bytes=update_seed_bytes(config)),
-            "device_peak_bytes": device_stats.get("peak_bytes_in_use")}
+            "device_peak_bytes": device_stats.get("peak_bytes_in_use"),
+            # DMC: the share of a training block spent stepping the simulators (rendering included) and rendering
+            **env_shares(acting_env_s, acting_s, "acting"), **env_shares(training_env_s, training_s, "training")}
 
 
 def compare(results: list[dict]) -> None:

@@ -61,6 +61,14 @@ def atari_task(game: str, margin: float, window: int) -> Task:
                 threshold=reference_scores(game).random + margin, window=window)
 
 
+def dmc_task(env_name: str, observation: str, steps: int, seeds: int) -> Task:
+    """A DMC task on DreamerV3's CPU-size DMC preset for its observation, learned when its final return (mean
+    of its last 5 episodes) is 200 above the random policy's: returns run from 0 to 1,000."""
+    preset = {"states": "proprio", "pixels": "vision"}[observation]
+    return Task(f"configs/dreamerv3_dmc_{preset}_small.json", (f"env_config.env_name={env_name}",), steps=steps,
+                seeds=seeds, threshold=200.0, window=5, above_random=True)
+
+
 # The suite, one entry per task: add or tune tasks here, nothing else reads task settings (--list prints them).
 TASKS: dict[str, Task] = {
     "catch": Task("configs/quickstart.json", (), steps=20_000, seeds=16, threshold=0.8, window=50),
@@ -100,6 +108,14 @@ TASKS: dict[str, Task] = {
     "atari-pong": atari_task("Pong", margin=2.0, window=10),
     "atari-boxing": atari_task("Boxing", margin=5.0, window=5),
     "atari-krull": atari_task("Krull", margin=1000.0, window=5),
+    # The DeepMind Control Suite through dm_control (needs requirements-dmc.txt), on DreamerV3's CPU-size DMC
+    # presets: an episode is 1,000 physics steps, 500 env steps at action repeat 2, and never terminates. The
+    # other three are the GPU script's (bench/gpu.sh runs them with --config at the full presets).
+    "dmc-cartpole-balance": dmc_task("cartpole-balance", "states", steps=20_000, seeds=4),
+    "dmc-cartpole-balance-pixels": dmc_task("cartpole-balance", "pixels", steps=20_000, seeds=2),
+    "dmc-walker-walk": dmc_task("walker-walk", "states", steps=20_000, seeds=2),
+    "dmc-cheetah-run": dmc_task("cheetah-run", "states", steps=20_000, seeds=2),
+    "dmc-cartpole-swingup": dmc_task("cartpole-swingup", "states", steps=20_000, seeds=2),
 }
 ATARI = "atari_env"  # the environment of the tasks scored against the Atari reference scores
 

@@ -18,6 +18,7 @@ task loaded afresh from a seed drawn from the seed and the step count (envs/batc
 import difflib
 import importlib.util
 import os
+import time
 
 import numpy as np
 
@@ -123,6 +124,9 @@ class DmcEnvironment:
         camera = self.settings["camera"]
         self.camera = DEFAULT_CAMERAS.get(self.domain, 0) if camera is None else camera
         self.pixels = self.settings["observation"] == "pixels"
+        # Seconds spent in every instance's steps (physics, rendering included) and in rendering alone, for
+        # bench/bench_loop.py's share of a loop step that goes to the simulator and to MuJoCo's renderer.
+        self.seconds = {"step": 0.0, "render": 0.0}
         probe = self.load(0)
         try:
             self.layout = observation_layout(probe.observation_spec())
@@ -151,11 +155,13 @@ class DmcEnvironment:
 
     def render_physics(self, physics) -> np.ndarray:
         """The frame of `physics` from the camera: uint8 [size, size, 3]. A backend that cannot render is refused."""
-        size = self.settings["size"]
+        size, start = self.settings["size"], time.perf_counter()
         try:
             return physics.render(height=size, width=size, camera_id=self.camera)
         except Exception as error:  # noqa: BLE001 - MuJoCo's FatalError, EGL's errors, ...
             raise _backend_error("could not render", error) from None
+        finally:
+            self.seconds["render"] += time.perf_counter() - start
 
     def flatten(self, observation) -> np.ndarray:
         """The `states` vector of an observation dict: its entries in layout order, float32 [D]."""
@@ -207,6 +213,13 @@ class DmcInstance:
         return self._observe(self.env.reset())
 
     def step(self, key, action):
+        start = time.perf_counter()
+        try:
+            return self._step(action)
+        finally:
+            self.family.seconds["step"] += time.perf_counter() - start
+
+    def _step(self, action):
         action = to_bounds(np.asarray(action, np.float64).reshape(self.family.low.shape), self.family.low,
                            self.family.high)
         reward = 0.0

@@ -139,6 +139,9 @@ def test_pixels_are_the_camera_frames_and_quadruped_uses_camera_2():
         frame = instance.reset(None)
         np.testing.assert_array_equal(frame, raw.physics.render(64, 64, camera_id=camera))
         np.testing.assert_array_equal(instance.render(), frame)
+        rendered = env.seconds["render"]
+        instance.step(None, np.zeros(env.spec.num_actions))  # a step renders its frame, timed for bench_loop.py
+        assert env.seconds["step"] >= env.seconds["render"] - rendered > 0
         instance.close()
     env = DmcEnvironment("cartpole-swingup", observation="pixels", camera=1, size=32)
     assert env.camera == 1 and env.spec.obs_shape == (32, 32, 3)
