@@ -1,7 +1,7 @@
 """Test-session set-up: one JAX persistent compilation cache shared by every test (and pytest-xdist worker) of a
 run, so a program the suite has compiled once (the same config) is loaded instead of compiled again. A loaded
 executable is the compiled one, so runs stay bit-identical; the cache is removed when the run ends. Programs are
-compiled with LLVM at level 0, but for the learning tests' training programs (level 1, as the scripts')."""
+compiled with LLVM at level 0, but for the learning tests' runs (level 1, in processes of their own)."""
 
 import os
 import shutil
@@ -19,7 +19,7 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 # Every program compiled with LLVM at level 0 (agent_environment_interaction_loop.compiler_options takes the
 # level from XLA_FLAGS): this suite's time goes mostly to compiling, and its short runs take ~25% less time to
-# compile so. The learning tests, long runs, compile their training programs at the scripts' level 1
+# compile so. The learning tests, long runs, start processes of their own compiled at level 1
 # (tests/test_learning.py).
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
