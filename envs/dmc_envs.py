@@ -149,6 +149,11 @@ class DmcEnvironment:
         finally:
             _free(probe)
 
+    def without_rendering(self) -> "DmcEnvironment":
+        """The same task from states: for a policy that ignores its observations (bench/learning.py's random
+        policy) the same episodes and rewards, without rendering a frame a step."""
+        return DmcEnvironment(self.env_name, **{**self.settings, "observation": "states"}) if self.pixels else self
+
     def load(self, seed: int):
         """A dm_control environment of the task whose random state (initial states, targets) is seeded by `seed`."""
         return self._suite.load(self.domain, self.task, task_kwargs={"random": int(seed) % 2**32})

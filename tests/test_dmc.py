@@ -147,6 +147,20 @@ def test_pixels_are_the_camera_frames_and_quadruped_uses_camera_2():
     assert env.camera == 1 and env.spec.obs_shape == (32, 32, 3)
 
 
+def test_without_rendering_is_the_same_task_from_states():
+    pixels = DmcEnvironment("cartpole-swingup", observation="pixels")
+    states = pixels.without_rendering()
+    assert not states.pixels and states.spec.obs_shape == (5,) and states.without_rendering() is states
+    actions = np.random.default_rng(0).uniform(-1, 1, (20, 1))
+    rewards = []
+    for env in (pixels, states):
+        instance = env.instance(3)
+        instance.reset(None)
+        rewards.append([instance.step(None, action)[1] for action in actions])
+        instance.close()
+    assert rewards[0] == rewards[1]  # the random policy's returns, measured without rendering
+
+
 def test_states_render_frames_for_videos():
     instance = DmcEnvironment("walker-walk", size=48).instance(0)
     instance.reset(None)
