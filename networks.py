@@ -456,8 +456,8 @@ class RSSM:
 
     def posterior_step(self, params, h, embed, noise):
         """The posterior of one step: (h [..., H], embed [..., E], noise) -> (z [..., Z], posterior [..., P])."""
-        posterior = self.posterior(params, h, embed)
-        return self.latents.distribution(posterior).sample(noise), posterior
+        check_trailing_shape("posterior embed", embed, (self.embed_size,))
+        return self._posterior_sample(params, h, self._posterior_embed(params, embed), noise)
 
     def _posterior_sample(self, params, h, embed_share, noise):
         posterior = self._posterior(params, h, embed_share)
