@@ -74,7 +74,9 @@ class CraftaxEnvironment:
         # Health changes add to the reward too, but their sum over an episode is not positive.
         self.max_return = (float(len(self.achievement_names)) if constants is classic
                            else float(np.asarray(full.ACHIEVEMENT_REWARD_MAP).sum()))
-        obs = jax.eval_shape(self.reset, jax.random.key(0))[1]
+        # (state, obs) of reset as shapes and dtypes, traced once: tracing the pixel renderer takes seconds.
+        self.abstract_reset = jax.eval_shape(self.reset, jax.random.key(0))
+        obs = self.abstract_reset[1]
         self.spec = EnvSpec(tuple(obs.shape), np.dtype(obs.dtype), int(self._env.num_actions))
 
     def reset(self, key):

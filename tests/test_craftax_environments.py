@@ -86,7 +86,8 @@ def test_other_ids_shapes_and_dtypes(env_name, obs_shape, num_actions):
     env = make_environment("craftax_env", env_name)
     assert env.spec.obs_shape == obs_shape and env.spec.obs_dtype == np.float32
     assert env.spec.num_actions == num_actions
-    state, obs = jax.eval_shape(env.reset, jax.random.key(0))
+    state, obs = env.abstract_reset  # reset traced abstractly when the env was made
+    assert (obs.shape, obs.dtype) == (obs_shape, jnp.float32)
     outputs = jax.eval_shape(env.step, jax.random.key(1), state, jnp.int32(0))
     assert [(x.shape, x.dtype) for x in outputs[1:]] == [
         (obs_shape, jnp.float32), ((), jnp.float32), ((), jnp.bool_), ((), jnp.bool_)]
