@@ -1,8 +1,8 @@
 """Run by tests/test_learning.py in a process of its own: `python3 learning_run.py CONFIG [KEY=VALUE ...]` runs
 the config (with those overrides) from seed 0 through experiment.runner.run and prints each seed's episode
-returns as one JSON list of lists. The learning runs are long, so the test starts them with the scripts' LLVM
-level for every program (the suite's own processes compile at level 0, tests/conftest.py): a run's float
-rounding, and with it the run, is the one the thresholds were set on."""
+returns as one JSON list of lists. The learning runs are long, so the test starts them compiling every program
+as the scripts do, at their LLVM level (the suite's own processes compile for speed of compiling,
+tests/conftest.py): a run's float rounding, and with it the run, is the one the thresholds were set on."""
 
 import json
 import os

@@ -84,7 +84,21 @@ def test_training_cond_is_not_batched(debug_config):
     assert train_branch_sizes[-1] > 10 * train_branch_sizes[0]  # one branch skips all the training work
 
 
-def test_seed_i_of_multiseed_run_equals_single_seed_run(debug_config):
+@pytest.fixture
+def scripts_fusion_emitters(monkeypatch):
+    """The training programs compiled with XLA:CPU's fusion emitters, as the scripts compile them: the suite
+    compiles with the older elemental emitter (tests/conftest.py), which rounds a seed's update in the
+    multi-seed program and in the single-seed one differently in the last bit."""
+    import agent_environment_interaction_loop as loop
+    import experiment.runner
+
+    scripts = loop.compiler_options
+    options = lambda: {**scripts(), "xla_cpu_use_fusion_emitters": True}  # noqa: E731
+    monkeypatch.setattr(loop, "compiler_options", options)
+    monkeypatch.setattr(experiment.runner, "compiler_options", options)
+
+
+def test_seed_i_of_multiseed_run_equals_single_seed_run(debug_config, scripts_fusion_emitters):
     # With the seeds' updates one after another (update_seed_batch 1, the CPU default) seed i trains exactly
     # as the single-seed run SEED+i does, bit for bit.
     config = dataclasses.replace(debug_config, update_seed_batch=1,
